@@ -1,1 +1,31 @@
-"""berta."""
+"""berta: the BERT family of encoders (BERT, RoBERTa, XLM-R) on PyTorch.
+
+Example:
+    >>> import berta
+    >>> model = berta.load("path/to/model")  # doctest: +SKIP
+"""
+
+from berta.checkpoints.hf import load
+from berta.config import PRESETS, EncoderConfig
+from berta.model import (
+    Encoder,
+    EncoderOutput,
+    MaskedLM,
+    QuestionAnswering,
+    SequenceClassifier,
+    TokenClassifier,
+    create,
+)
+
+__all__ = [
+    "PRESETS",
+    "Encoder",
+    "EncoderConfig",
+    "EncoderOutput",
+    "MaskedLM",
+    "QuestionAnswering",
+    "SequenceClassifier",
+    "TokenClassifier",
+    "create",
+    "load",
+]

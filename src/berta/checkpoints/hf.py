@@ -1,0 +1,317 @@
+"""Hugging Face layout, berta's native format: `config.json` + `model.safetensors` (or `pytorch_model.bin`).
+
+The mapping between berta's parameter names and the checkpoint's is an explicit table, written out per family
+and task below — no fuzzy matching. Loading reports, by name, every tensor it had to initialise (a new task
+head) and every tensor of the file it did not use (another task's head); a missing encoder tensor or a shape
+mismatch is an error that names the tensor and both shapes.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import Tensor, nn
+
+from berta.config import EncoderConfig
+from berta.model import TASK_MODELS
+from berta.model import create as create_model
+
+log = logging.getLogger(__name__)
+
+WEIGHTS_NAME = "model.safetensors"
+PICKLE_WEIGHTS_NAME = "pytorch_model.bin"
+CONFIG_NAME = "config.json"
+
+# berta name -> HF name inside the encoder; "{i}" is the layer index.
+_ENCODER_TABLE = {
+    "embeddings.words.weight": "embeddings.word_embeddings.weight",
+    "embeddings.positions.weight": "embeddings.position_embeddings.weight",
+    "embeddings.token_types.weight": "embeddings.token_type_embeddings.weight",
+    "embeddings.norm.weight": "embeddings.LayerNorm.weight",
+    "embeddings.norm.bias": "embeddings.LayerNorm.bias",
+    "layers.{i}.attention.query.weight": "encoder.layer.{i}.attention.self.query.weight",
+    "layers.{i}.attention.query.bias": "encoder.layer.{i}.attention.self.query.bias",
+    "layers.{i}.attention.key.weight": "encoder.layer.{i}.attention.self.key.weight",
+    "layers.{i}.attention.key.bias": "encoder.layer.{i}.attention.self.key.bias",
+    "layers.{i}.attention.value.weight": "encoder.layer.{i}.attention.self.value.weight",
+    "layers.{i}.attention.value.bias": "encoder.layer.{i}.attention.self.value.bias",
+    "layers.{i}.attention.output.weight": "encoder.layer.{i}.attention.output.dense.weight",
+    "layers.{i}.attention.output.bias": "encoder.layer.{i}.attention.output.dense.bias",
+    "layers.{i}.attention.norm.weight": "encoder.layer.{i}.attention.output.LayerNorm.weight",
+    "layers.{i}.attention.norm.bias": "encoder.layer.{i}.attention.output.LayerNorm.bias",
+    "layers.{i}.feed_forward.intermediate.weight": "encoder.layer.{i}.intermediate.dense.weight",
+    "layers.{i}.feed_forward.intermediate.bias": "encoder.layer.{i}.intermediate.dense.bias",
+    "layers.{i}.feed_forward.output.weight": "encoder.layer.{i}.output.dense.weight",
+    "layers.{i}.feed_forward.output.bias": "encoder.layer.{i}.output.dense.bias",
+    "layers.{i}.feed_forward.norm.weight": "encoder.layer.{i}.output.LayerNorm.weight",
+    "layers.{i}.feed_forward.norm.bias": "encoder.layer.{i}.output.LayerNorm.bias",
+    "pooler.dense.weight": "pooler.dense.weight",
+    "pooler.dense.bias": "pooler.dense.bias",
+}
+
+# Heads: berta name -> HF name, per (task, BERT family or RoBERTa family). Heads sit outside the encoder prefix.
+_BERT_MLM = {
+    "head.dense.weight": "cls.predictions.transform.dense.weight",
+    "head.dense.bias": "cls.predictions.transform.dense.bias",
+    "head.norm.weight": "cls.predictions.transform.LayerNorm.weight",
+    "head.norm.bias": "cls.predictions.transform.LayerNorm.bias",
+    "head.bias": "cls.predictions.bias",
+}
+_ROBERTA_MLM = {
+    "head.dense.weight": "lm_head.dense.weight",
+    "head.dense.bias": "lm_head.dense.bias",
+    "head.norm.weight": "lm_head.layer_norm.weight",
+    "head.norm.bias": "lm_head.layer_norm.bias",
+    "head.bias": "lm_head.bias",
+}
+_HEAD_TABLES: dict[tuple[str, bool], dict[str, str]] = {
+    ("encoder", True): {},
+    ("encoder", False): {},
+    ("masked-lm", True): _BERT_MLM,
+    ("masked-lm", False): _ROBERTA_MLM,
+    ("classification", True): {
+        "head.classifier.weight": "classifier.weight",
+        "head.classifier.bias": "classifier.bias",
+    },
+    ("classification", False): {
+        "head.dense.weight": "classifier.dense.weight",
+        "head.dense.bias": "classifier.dense.bias",
+        "head.out_proj.weight": "classifier.out_proj.weight",
+        "head.out_proj.bias": "classifier.out_proj.bias",
+    },
+    ("tokens", True): {"classifier.weight": "classifier.weight", "classifier.bias": "classifier.bias"},
+    ("tokens", False): {"classifier.weight": "classifier.weight", "classifier.bias": "classifier.bias"},
+    ("qa", True): {"qa_outputs.weight": "qa_outputs.weight", "qa_outputs.bias": "qa_outputs.bias"},
+    ("qa", False): {"qa_outputs.weight": "qa_outputs.weight", "qa_outputs.bias": "qa_outputs.bias"},
+}
+# Tensors that checkpoints may carry but that are copies of others (tied decoder) or buffers, not weights.
+_DERIVED = {
+    "cls.predictions.decoder.weight",
+    "cls.predictions.decoder.bias",
+    "lm_head.decoder.weight",
+    "lm_head.decoder.bias",
+    "{p}embeddings.position_ids",
+    "{p}embeddings.token_type_ids",
+}
+_ARCHITECTURE_SUFFIX = {
+    "encoder": "Model",
+    "masked-lm": "ForMaskedLM",
+    "classification": "ForSequenceClassification",
+    "tokens": "ForTokenClassification",
+    "qa": "ForQuestionAnswering",
+}
+
+
+@dataclass
+class LoadReport:
+    """What loading did beyond copying tensors: names of initialised and of unused checkpoint tensors."""
+
+    initialised: list[str] = field(default_factory=list)
+    unused: list[str] = field(default_factory=list)
+
+
+def name_table(config: EncoderConfig, task: str, encoder_prefix: str) -> dict[str, str]:
+    """berta parameter name -> checkpoint tensor name for one model, layers expanded.
+
+    `encoder_prefix` is "" for a bare encoder checkpoint (BertModel) and "bert." / "roberta." inside task models.
+
+    Example:
+        >>> name_table(EncoderConfig.preset("tiny"), "masked-lm", "roberta.")["head.bias"]
+        'lm_head.bias'
+    """
+    inner = "" if task == "encoder" else "encoder."
+    table = {}
+    for ours, theirs in _ENCODER_TABLE.items():
+        for i in range(config.num_layers) if "{i}" in ours else [None]:
+            table[inner + ours.format(i=i)] = encoder_prefix + theirs.format(i=i)
+    table.update(_HEAD_TABLES[task, config.family == "bert"])
+    return table
+
+
+def architecture_name(config: EncoderConfig, task: str) -> str:
+    return config.hf_class_prefix + _ARCHITECTURE_SUFFIX[task]
+
+
+def task_of_architecture(architecture: str) -> str:
+    """'XLMRobertaForTokenClassification' -> 'tokens'; unknown heads raise ValueError."""
+    for task, suffix in sorted(_ARCHITECTURE_SUFFIX.items(), key=lambda item: -len(item[1])):
+        if architecture.endswith(suffix):
+            return task
+    raise ValueError(
+        f"architecture {architecture!r} is not one berta builds; expected a name ending in one of "
+        f"{sorted(_ARCHITECTURE_SUFFIX.values())}"
+    )
+
+
+def read_weights(directory: Path) -> dict[str, Tensor]:
+    """The tensors of `model.safetensors` (preferred) or `pytorch_model.bin` (weights only, never pickled code)."""
+    safetensors_path = directory / WEIGHTS_NAME
+    pickle_path = directory / PICKLE_WEIGHTS_NAME
+    if safetensors_path.exists():
+        try:
+            return load_file(str(safetensors_path))
+        except (SafetensorError, OSError, ValueError) as error:
+            raise ValueError(
+                f"{safetensors_path}: cannot read weights, the file is truncated or corrupt ({error})"
+            ) from None
+    if pickle_path.exists():
+        try:
+            state = torch.load(pickle_path, map_location="cpu", weights_only=True)
+        except Exception as error:  # torch raises UnpicklingError, RuntimeError, EOFError... for bad files
+            raise ValueError(f"{pickle_path}: cannot read weights ({type(error).__name__}: {error})") from None
+        if not isinstance(state, dict):
+            raise ValueError(f"{pickle_path}: expected a dict of tensors, got {type(state).__name__}")
+        return state
+    raise FileNotFoundError(f"{directory}: no {WEIGHTS_NAME} or {PICKLE_WEIGHTS_NAME} found")
+
+
+def _encoder_prefix(config: EncoderConfig, tensors: dict[str, Tensor]) -> str:
+    prefix = config.hf_prefix + "."
+    return prefix if any(name.startswith(prefix) for name in tensors) else ""
+
+
+def load_state(model: nn.Module, tensors: dict[str, Tensor], source: str) -> LoadReport:
+    """Copy checkpoint tensors into `model` through the name table; see the module docstring."""
+    config: EncoderConfig = model.config  # type: ignore[assignment]
+    prefix = _encoder_prefix(config, tensors)
+    table = name_table(config, model.task, prefix)  # type: ignore[arg-type]
+    ours = dict(model.state_dict())
+    report = LoadReport()
+    missing_encoder = []
+    state = {}
+    for our_name, parameter in ours.items():
+        their_name = table.get(our_name)
+        if their_name is None:
+            raise KeyError(f"berta parameter {our_name} has no entry in the name table")  # a bug in berta
+        if their_name not in tensors:
+            is_head = not our_name.startswith(("encoder.", "embeddings.", "layers.")) or ".pooler." in f".{our_name}"
+            (report.initialised if is_head else missing_encoder).append(our_name)
+            continue
+        tensor = tensors[their_name]
+        if tuple(tensor.shape) != tuple(parameter.shape):
+            hint = ""
+            if "word_embeddings" in their_name:
+                hint = f" (config.json says vocab_size={config.vocab_size}; the tensor holds {tensor.shape[0]} rows)"
+            raise ValueError(
+                f"{source}: tensor {their_name} has shape {tuple(tensor.shape)}, but berta's {our_name} needs "
+                f"{tuple(parameter.shape)}{hint}"
+            )
+        state[our_name] = tensor
+    if missing_encoder:
+        raise ValueError(f"{source}: encoder tensors missing from the checkpoint: {_names(missing_encoder, table)}")
+    derived = {name.format(p=prefix) for name in _DERIVED}
+    used = set(table[name] for name in state)
+    report.unused = sorted(name for name in tensors if name not in used and name not in derived)
+    model.load_state_dict(state, strict=False)
+    return report
+
+
+def _names(names: list[str], table: dict[str, str]) -> str:
+    shown = [table.get(name, name) for name in names]
+    return ", ".join(shown[:8]) + (f" and {len(shown) - 8} more" if len(shown) > 8 else "")
+
+
+def load(
+    path: str | Path,
+    task: str | None = None,
+    id2label: dict[int, str] | None = None,
+    dtype: torch.dtype | None = None,
+    device: str | torch.device | None = None,
+) -> nn.Module:
+    """Load a model directory in the Hugging Face layout.
+
+    The task model is the one `config.json`'s `architectures` names, unless `task` asks for another
+    ("encoder", "masked-lm", "classification", "tokens", "qa"); a new head is initialised and reported.
+    `id2label` sets the labels of a new classification or token-classification head.
+
+    Example:
+        >>> model = load("runs/sst2/model")  # doctest: +SKIP
+        >>> model(**batch).logits
+    """
+    directory = _resolve_directory(path)
+    config = EncoderConfig.from_file(directory / CONFIG_NAME)
+    architectures = config.extra.get("architectures") or []
+    saved_task = task_of_architecture(architectures[0]) if architectures else "encoder"
+    task = task or saved_task
+    if task not in TASK_MODELS:
+        raise ValueError(f"unknown task {task!r}; tasks are {sorted(TASK_MODELS)}")
+    if id2label is not None:
+        config.id2label = {int(k): str(v) for k, v in id2label.items()}
+    elif task == saved_task and task in ("classification", "tokens") and not config.id2label:
+        config.id2label = {0: "LABEL_0", 1: "LABEL_1"}  # transformers leaves its default two labels unsaved
+    elif task in ("classification", "tokens") and not config.id2label:
+        raise ValueError(f"{directory}: the checkpoint has no labels; pass id2label to put a {task} head on it")
+    tensors = read_weights(directory)
+    model = create_model(config, task)
+    report = load_state(model, tensors, str(directory))
+    if report.initialised:
+        log.warning("%s: new %s head initialised: %s", directory, task, ", ".join(report.initialised))
+    if report.unused:
+        log.info("%s: checkpoint tensors not used by a %s model: %s", directory, task, ", ".join(report.unused))
+    model.load_report = report  # type: ignore[assignment]
+    model.eval()
+    if dtype is not None or device is not None:
+        model.to(device=device, dtype=dtype)
+    return model
+
+
+def _resolve_directory(path: str | Path) -> Path:
+    directory = Path(path)
+    if directory.is_dir():
+        return directory
+    if directory.exists():
+        raise ValueError(f"{directory}: expected a model directory (config.json + model.safetensors), found a file")
+    if str(path).count("/") == 1 and not str(path).startswith((".", "/")):
+        # Looks like a hub id ("FacebookAI/roberta-base"): fetch it when huggingface_hub is installed and online.
+        try:
+            from huggingface_hub import snapshot_download
+        except ImportError:
+            raise FileNotFoundError(
+                f"{path}: no such directory (and huggingface_hub is not installed to fetch it from the hub)"
+            ) from None
+        return Path(snapshot_download(str(path), allow_patterns=["*.json", "*.safetensors", "*.txt", "*.model"]))
+    raise FileNotFoundError(f"{path}: no such model directory")
+
+
+def _atomic_write(target: Path, write) -> None:
+    """Write through a temporary file in the same directory, fsync, then rename over `target`."""
+    handle, temporary = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    os.close(handle)
+    try:
+        write(temporary)
+        with open(temporary, "rb") as written:
+            os.fsync(written.fileno())
+        os.replace(temporary, target)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+def state_for_saving(model: nn.Module) -> dict[str, Tensor]:
+    """The model's tensors under their Hugging Face names (tied decoder left out, as `transformers` saves)."""
+    config: EncoderConfig = model.config  # type: ignore[assignment]
+    prefix = "" if model.task == "encoder" else config.hf_prefix + "."  # type: ignore[attr-defined]
+    table = name_table(config, model.task, prefix)  # type: ignore[arg-type]
+    return {table[name]: tensor.detach().contiguous() for name, tensor in model.state_dict().items()}
+
+
+def save(model: nn.Module, path: str | Path) -> None:
+    """Write `config.json` and `model.safetensors`, each atomically; other files in the directory are kept."""
+    directory = Path(path)
+    directory.mkdir(parents=True, exist_ok=True)
+    config: EncoderConfig = model.config  # type: ignore[assignment]
+    tensors = {name: tensor.cpu() for name, tensor in state_for_saving(model).items()}
+    _atomic_write(directory / WEIGHTS_NAME, lambda file: save_file(tensors, file, metadata={"format": "pt"}))
+    hf_config = config.to_hf_dict(architecture_name(config, model.task))  # type: ignore[arg-type]
+    if tensors:
+        hf_config["dtype"] = str(next(iter(tensors.values())).dtype).removeprefix("torch.")
+    text = json.dumps(hf_config, indent=2, sort_keys=True) + "\n"
+    _atomic_write(directory / CONFIG_NAME, lambda file: Path(file).write_text(text, encoding="utf-8"))

@@ -1,0 +1,570 @@
+"""The encoder of BERT, RoBERTa and XLM-R, and its task models. One file, top to bottom:
+
+    token ids -> Embeddings -> num_layers x Layer(SelfAttention, FeedForward) -> heads
+
+Each sub-layer is post-LayerNorm: `norm(x + dropout(sublayer(x)))`, as in BERT and RoBERTa.
+
+Padding-free execution. A padded batch of (batch, seq) ids usually holds far fewer real tokens than
+batch * seq. The projections, feed-forward blocks and LayerNorms work token by token, so berta gathers the real
+tokens into a packed (tokens, hidden) tensor and runs them there; only attention needs the (batch, seq) layout,
+so the packed queries, keys and values are scattered into it just for `scaled_dot_product_attention`, with a
+key mask. Outputs equal those of the padded computation (the padding rows of the padded computation are
+never read by real tokens); padding rows of `last_hidden_state` are zero.
+
+Positions follow one rule for every family: real tokens are numbered consecutively from `position_offset`,
+padding gets `position_offset - 1` (clamped at 0). With offset 2 this is fairseq's `make_positions` (RoBERTa,
+XLM-R: positions start at 2, pads keep 1); with offset 0 it is BERT's 0, 1, 2, ... — and both stay right for
+left-padded batches, because numbering starts at each row's first real token.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from berta.config import EncoderConfig
+
+
+@dataclass
+class EncoderOutput:
+    """What every berta model returns; fields a model does not compute stay None."""
+
+    last_hidden_state: Tensor | None = None  # (batch, seq, hidden); zeros at padding
+    pooler_output: Tensor | None = None  # (batch, hidden)
+    logits: Tensor | None = None  # task-dependent, see each model
+    start_logits: Tensor | None = None  # (batch, seq) — question answering
+    end_logits: Tensor | None = None  # (batch, seq)
+    loss: Tensor | None = None
+    attentions: tuple[Tensor, ...] | None = None  # per layer: (batch, heads, seq, seq) softmax probabilities
+
+
+def _activation(name: str):
+    if name == "gelu":
+        return F.gelu
+    if name in ("gelu_new", "gelu_pytorch_tanh"):
+        return lambda x: F.gelu(x, approximate="tanh")
+    if name == "relu":
+        return F.relu
+    return F.silu
+
+
+class TokenLayout:
+    """Where the rows of a flat (rows, hidden) tensor sit in the (batch, seq) grid.
+
+    Padded mode: rows == batch * seq. Packed mode: rows == number of real tokens, `index` holds their flat
+    positions in the grid.
+    """
+
+    def __init__(self, attention_mask: Tensor, packed: bool):
+        self.batch, self.seq = attention_mask.shape
+        self.mask = attention_mask.bool()  # (batch, seq)
+        has_padding = not bool(self.mask.all())
+        self.index = self.mask.flatten().nonzero().squeeze(1) if packed and has_padding else None
+        # SDPA key mask, broadcast over heads and queries; None when nothing is padded (fastest kernel).
+        self.key_mask = self.mask[:, None, None, :] if has_padding else None
+
+    def select(self, grid: Tensor) -> Tensor:
+        """(batch, seq, ...) -> (rows, ...)."""
+        flat = grid.reshape(self.batch * self.seq, *grid.shape[2:])
+        return flat if self.index is None else flat.index_select(0, self.index)
+
+    def to_grid(self, rows: Tensor) -> Tensor:
+        """(rows, ...) -> (batch, seq, ...), zeros where no row lands."""
+        if self.index is not None:
+            full = rows.new_zeros(self.batch * self.seq, *rows.shape[1:])
+            rows = full.index_copy(0, self.index, rows)
+        return rows.view(self.batch, self.seq, *rows.shape[1:])
+
+
+class Embeddings(nn.Module):
+    def __init__(self, config: EncoderConfig):
+        super().__init__()
+        self.config = config
+        self.words = nn.Embedding(config.vocab_size, config.hidden_size, padding_idx=config.pad_token_id)
+        # RoBERTa's position table reserves the padding row too (fairseq LearnedPositionalEmbedding).
+        position_padding = config.pad_token_id if config.position_offset else None
+        self.positions = nn.Embedding(config.max_positions, config.hidden_size, padding_idx=position_padding)
+        self.token_types = nn.Embedding(config.type_vocab_size, config.hidden_size) if config.type_vocab_size else None
+        self.norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.dropout = nn.Dropout(config.hidden_dropout)
+
+    def forward(self, input_ids: Tensor, position_ids: Tensor, token_type_ids: Tensor | None) -> Tensor:
+        """Flat (rows,) ids -> (rows, hidden)."""
+        hidden = self.words(input_ids) + self.positions(position_ids)
+        if self.token_types is not None:
+            if token_type_ids is None:
+                hidden = hidden + self.token_types.weight[0]
+            else:
+                hidden = hidden + self.token_types(token_type_ids)
+        return self.dropout(self.norm(hidden))
+
+
+class SelfAttention(nn.Module):
+    """Multi-head self-attention plus its output projection and residual LayerNorm."""
+
+    def __init__(self, config: EncoderConfig):
+        super().__init__()
+        self.num_heads, self.head_size = config.num_heads, config.head_size
+        self.query = nn.Linear(config.hidden_size, config.hidden_size)
+        self.key = nn.Linear(config.hidden_size, config.hidden_size)
+        self.value = nn.Linear(config.hidden_size, config.hidden_size)
+        self.output = nn.Linear(config.hidden_size, config.hidden_size)
+        self.norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.attention_dropout = config.attention_dropout
+        self.dropout = nn.Dropout(config.hidden_dropout)
+
+    def _heads(self, rows: Tensor, layout: TokenLayout) -> Tensor:
+        """(rows, hidden) -> (batch, heads, seq, head_size)."""
+        grid = layout.to_grid(rows)
+        return grid.view(layout.batch, layout.seq, self.num_heads, self.head_size).transpose(1, 2)
+
+    def forward(self, hidden: Tensor, layout: TokenLayout, output_attentions: bool) -> tuple[Tensor, Tensor | None]:
+        query = self._heads(self.query(hidden), layout)
+        key = self._heads(self.key(hidden), layout)
+        value = self._heads(self.value(hidden), layout)
+        dropout = self.attention_dropout if self.training else 0.0
+        probabilities = None
+        if output_attentions:
+            # The same attention written out, so the softmax probabilities can be returned.
+            scores = query @ key.transpose(-1, -2) / math.sqrt(self.head_size)  # (batch, heads, seq, seq)
+            if layout.key_mask is not None:
+                scores = scores.masked_fill(~layout.key_mask, torch.finfo(scores.dtype).min)
+            probabilities = scores.softmax(dim=-1)
+            context = F.dropout(probabilities, dropout, self.training) @ value
+        else:
+            context = F.scaled_dot_product_attention(query, key, value, attn_mask=layout.key_mask, dropout_p=dropout)
+        context = layout.select(context.transpose(1, 2).reshape(layout.batch, layout.seq, -1))  # (rows, hidden)
+        return self.norm(hidden + self.dropout(self.output(context))), probabilities
+
+
+class FeedForward(nn.Module):
+    def __init__(self, config: EncoderConfig):
+        super().__init__()
+        self.intermediate = nn.Linear(config.hidden_size, config.intermediate_size)
+        self.output = nn.Linear(config.intermediate_size, config.hidden_size)
+        self.norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.activation = _activation(config.activation)
+        self.dropout = nn.Dropout(config.hidden_dropout)
+
+    def forward(self, hidden: Tensor) -> Tensor:
+        return self.norm(hidden + self.dropout(self.output(self.activation(self.intermediate(hidden)))))
+
+
+class Layer(nn.Module):
+    def __init__(self, config: EncoderConfig):
+        super().__init__()
+        self.attention = SelfAttention(config)
+        self.feed_forward = FeedForward(config)
+
+    def forward(self, hidden: Tensor, layout: TokenLayout, output_attentions: bool) -> tuple[Tensor, Tensor | None]:
+        hidden, probabilities = self.attention(hidden, layout, output_attentions)
+        return self.feed_forward(hidden), probabilities
+
+
+class Pooler(nn.Module):
+    """BERT's pooler: tanh(dense(first token))."""
+
+    def __init__(self, config: EncoderConfig):
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+
+    def forward(self, first_token: Tensor) -> Tensor:
+        return torch.tanh(self.dense(first_token))
+
+
+def position_ids_from_mask(attention_mask: Tensor, position_offset: int) -> Tensor:
+    """Positions numbered from each row's first real token; see the module docstring.
+
+    Example:
+        >>> position_ids_from_mask(torch.tensor([[0, 1, 1, 1]]), 2).tolist()
+        [[1, 2, 3, 4]]
+    """
+    mask = attention_mask.long()
+    return (mask.cumsum(dim=1) * mask + position_offset - 1).clamp(min=0)
+
+
+class Encoder(nn.Module):
+    """The backbone: embeddings, layers and (optionally) BERT's pooler.
+
+    Example:
+        >>> model = Encoder(EncoderConfig.preset("tiny")).eval()
+        >>> model(torch.tensor([[0, 31414, 2]])).last_hidden_state.shape
+        torch.Size([1, 3, 64])
+    """
+
+    task = "encoder"
+
+    def __init__(self, config: EncoderConfig, add_pooler: bool = True):
+        super().__init__()
+        self.config = config
+        self.embeddings = Embeddings(config)
+        self.layers = nn.ModuleList(Layer(config) for _ in range(config.num_layers))
+        self.pooler = Pooler(config) if add_pooler else None
+        # Padding-free execution (see the module docstring); set False to run the padded computation.
+        self.padding_free = True
+
+    def _check(self, input_ids: Tensor, attention_mask: Tensor, token_type_ids: Tensor | None) -> None:
+        config = self.config
+        if input_ids.dim() != 2:
+            raise ValueError(f"input_ids must be (batch, seq), got shape {tuple(input_ids.shape)}")
+        if attention_mask.shape != input_ids.shape:
+            raise ValueError(
+                f"attention_mask shape {tuple(attention_mask.shape)} differs from input_ids {tuple(input_ids.shape)}"
+            )
+        if input_ids.numel() and (int(input_ids.min()) < 0 or int(input_ids.max()) >= config.vocab_size):
+            raise ValueError(
+                f"input_ids hold {int(input_ids.min())}..{int(input_ids.max())}, outside the vocabulary "
+                f"(vocab_size {config.vocab_size}); was the text encoded with this model's tokenizer?"
+            )
+        if token_type_ids is not None:
+            if token_type_ids.shape != input_ids.shape:
+                raise ValueError(
+                    f"token_type_ids shape {tuple(token_type_ids.shape)} differs from "
+                    f"input_ids {tuple(input_ids.shape)}"
+                )
+            largest = int(token_type_ids.max()) if token_type_ids.numel() else 0
+            if largest >= max(config.type_vocab_size, 1) or (token_type_ids.numel() and int(token_type_ids.min()) < 0):
+                raise ValueError(
+                    f"token_type_ids hold {largest}, but this {config.family} model has type_vocab_size "
+                    f"{config.type_vocab_size} (valid ids: 0..{max(config.type_vocab_size, 1) - 1}); "
+                    "RoBERTa and XLM-R take no segment ids"
+                )
+
+    def encode_rows(
+        self,
+        input_ids: Tensor,
+        attention_mask: Tensor | None = None,
+        token_type_ids: Tensor | None = None,
+        position_ids: Tensor | None = None,
+        output_attentions: bool = False,
+    ) -> tuple[Tensor, TokenLayout, tuple[Tensor, ...] | None]:
+        """The final hidden states as (rows, hidden) with their layout, and the attentions when asked.
+
+        Heads that read only some tokens (the masked-LM head at masked positions) start from here.
+        """
+        config = self.config
+        if attention_mask is None:
+            attention_mask = input_ids.ne(config.pad_token_id)
+        self._check(input_ids, attention_mask, token_type_ids)
+        if position_ids is None:
+            position_ids = position_ids_from_mask(attention_mask, config.position_offset)
+        longest = int(position_ids.max()) if position_ids.numel() else 0
+        if longest >= config.max_positions:
+            raise ValueError(
+                f"sequence needs position {longest} but the position table has {config.max_positions} rows "
+                f"(at most {config.max_length} tokens per sequence); truncate the input"
+            )
+        layout = TokenLayout(attention_mask, packed=self.padding_free)
+        hidden = self.embeddings(
+            layout.select(input_ids),
+            layout.select(position_ids),
+            None if token_type_ids is None else layout.select(token_type_ids),
+        )  # (rows, hidden)
+        attentions = []
+        for layer in self.layers:
+            hidden, probabilities = layer(hidden, layout, output_attentions)
+            attentions.append(probabilities)
+        return hidden, layout, tuple(attentions) if output_attentions else None
+
+    def forward(
+        self,
+        input_ids: Tensor,
+        attention_mask: Tensor | None = None,
+        token_type_ids: Tensor | None = None,
+        position_ids: Tensor | None = None,
+        output_attentions: bool = False,
+    ) -> EncoderOutput:
+        """Encode a (batch, seq) batch. `attention_mask` defaults to `input_ids != pad_token_id`."""
+        if attention_mask is None:
+            attention_mask = input_ids.ne(self.config.pad_token_id)
+        hidden, layout, attentions = self.encode_rows(
+            input_ids, attention_mask, token_type_ids, position_ids, output_attentions
+        )
+        last_hidden_state = layout.to_grid(hidden)  # (batch, seq, hidden)
+        if layout.index is None and layout.key_mask is not None:
+            last_hidden_state = last_hidden_state * layout.mask[..., None]  # padding rows are zero in both paths
+        output = EncoderOutput(last_hidden_state=last_hidden_state, attentions=attentions)
+        if self.pooler is not None:
+            output.pooler_output = self.pooler(first_tokens(last_hidden_state, attention_mask))
+        return output
+
+    def save(self, path: str | Path) -> None:
+        """Write `config.json` + `model.safetensors` in the Hugging Face layout (opens in `transformers`)."""
+        from berta.checkpoints.hf import save
+
+        save(self, path)
+
+
+def first_tokens(hidden: Tensor, attention_mask: Tensor) -> Tensor:
+    """The first real token of each row ([CLS] / <s>), wherever padding puts it: (batch, hidden)."""
+    first = attention_mask.long().argmax(dim=1)  # index of the first 1 per row
+    return hidden[torch.arange(hidden.shape[0], device=hidden.device), first]
+
+
+class TaskModel(nn.Module):
+    """An encoder with a task head. Subclasses set `task`, build `head` and compute `forward`."""
+
+    task = ""
+
+    def __init__(self, config: EncoderConfig, add_pooler: bool = False):
+        super().__init__()
+        self.config = config
+        self.encoder = Encoder(config, add_pooler=add_pooler)
+
+    @property
+    def padding_free(self) -> bool:
+        return self.encoder.padding_free
+
+    @padding_free.setter
+    def padding_free(self, value: bool) -> None:
+        self.encoder.padding_free = value
+
+    def save(self, path: str | Path) -> None:
+        """Write `config.json` + `model.safetensors` in the Hugging Face layout (opens in `transformers`)."""
+        from berta.checkpoints.hf import save
+
+        save(self, path)
+
+
+class MaskedLMHead(nn.Module):
+    """dense -> activation -> LayerNorm -> decoder tied to the word embeddings, plus its own bias."""
+
+    def __init__(self, config: EncoderConfig):
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+        self.norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.bias = nn.Parameter(torch.zeros(config.vocab_size))
+        self.activation = _activation(config.activation)
+
+    def forward(self, hidden: Tensor, word_embeddings: Tensor) -> Tensor:
+        return F.linear(self.norm(self.activation(self.dense(hidden))), word_embeddings, self.bias)
+
+
+class MaskedLM(TaskModel):
+    """Masked language model.
+
+    `logits` are (batch, seq, vocab); with `masked_positions` (a (batch, seq) bool tensor) only those tokens are
+    scored and `logits` are (masked, vocab) in row-major order — the pretraining path, which skips the
+    vocabulary projection for the ~85% of tokens that carry no label. `labels` use -100 for "no label".
+    """
+
+    task = "masked-lm"
+
+    def __init__(self, config: EncoderConfig):
+        super().__init__(config)
+        self.head = MaskedLMHead(config)
+
+    def forward(
+        self,
+        input_ids: Tensor,
+        attention_mask: Tensor | None = None,
+        token_type_ids: Tensor | None = None,
+        position_ids: Tensor | None = None,
+        output_attentions: bool = False,
+        labels: Tensor | None = None,
+        masked_positions: Tensor | None = None,
+    ) -> EncoderOutput:
+        hidden, layout, attentions = self.encoder.encode_rows(
+            input_ids, attention_mask, token_type_ids, position_ids, output_attentions
+        )
+        output = EncoderOutput(attentions=attentions)
+        word_embeddings = self.encoder.embeddings.words.weight
+        if masked_positions is None:
+            output.last_hidden_state = layout.to_grid(hidden)
+            output.logits = self.head(output.last_hidden_state, word_embeddings)  # (batch, seq, vocab)
+            targets = labels
+        else:
+            selected = hidden[layout.select(masked_positions)]  # (masked, hidden)
+            output.logits = self.head(selected, word_embeddings)  # (masked, vocab)
+            targets = None if labels is None else labels[masked_positions]
+        if targets is not None:
+            vocab = output.logits.shape[-1]
+            output.loss = F.cross_entropy(output.logits.reshape(-1, vocab).float(), targets.reshape(-1))
+        return output
+
+
+class BertClassificationHead(nn.Module):
+    """BERT: dropout(pooler output) -> linear."""
+
+    def __init__(self, config: EncoderConfig):
+        super().__init__()
+        dropout = config.classifier_dropout if config.classifier_dropout is not None else config.hidden_dropout
+        self.dropout = nn.Dropout(dropout)
+        self.classifier = nn.Linear(config.hidden_size, config.num_labels)
+
+    def forward(self, pooled: Tensor) -> Tensor:
+        return self.classifier(self.dropout(pooled))
+
+
+class RobertaClassificationHead(nn.Module):
+    """RoBERTa: first token -> dropout -> dense -> tanh -> dropout -> out_proj (fairseq's classification head)."""
+
+    def __init__(self, config: EncoderConfig):
+        super().__init__()
+        dropout = config.classifier_dropout if config.classifier_dropout is not None else config.hidden_dropout
+        self.dropout = nn.Dropout(dropout)
+        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+        self.out_proj = nn.Linear(config.hidden_size, config.num_labels)
+
+    def forward(self, first_token: Tensor) -> Tensor:
+        hidden = torch.tanh(self.dense(self.dropout(first_token)))
+        return self.out_proj(self.dropout(hidden))
+
+
+def _require_labels(config: EncoderConfig, task: str) -> None:
+    if config.num_labels < 1:
+        raise ValueError(f"a {task} model needs labels: set id2label in the config (num_labels >= 1)")
+
+
+class SequenceClassifier(TaskModel):
+    """Sequence (and sentence-pair) classification or regression: `logits` (batch, num_labels).
+
+    The loss follows `config.problem_type` (inferred as `transformers` does when unset): cross-entropy for
+    single-label, binary cross-entropy per label for multi-label, mean squared error for regression.
+    """
+
+    task = "classification"
+
+    def __init__(self, config: EncoderConfig):
+        _require_labels(config, self.task)
+        super().__init__(config, add_pooler=config.pooler_classifier)
+        self.head = BertClassificationHead(config) if config.pooler_classifier else RobertaClassificationHead(config)
+
+    def forward(
+        self,
+        input_ids: Tensor,
+        attention_mask: Tensor | None = None,
+        token_type_ids: Tensor | None = None,
+        position_ids: Tensor | None = None,
+        output_attentions: bool = False,
+        labels: Tensor | None = None,
+    ) -> EncoderOutput:
+        if attention_mask is None:
+            attention_mask = input_ids.ne(self.config.pad_token_id)
+        output = self.encoder(input_ids, attention_mask, token_type_ids, position_ids, output_attentions)
+        if self.config.pooler_classifier:
+            output.logits = self.head(output.pooler_output)
+        else:
+            output.logits = self.head(first_tokens(output.last_hidden_state, attention_mask))
+        if labels is not None:
+            output.loss = self._loss(output.logits, labels)
+        return output
+
+    def _loss(self, logits: Tensor, labels: Tensor) -> Tensor:
+        problem = self.config.problem_type
+        if problem is None:
+            if self.config.num_labels == 1:
+                problem = "regression"
+            elif labels.dtype in (torch.long, torch.int):
+                problem = "single_label_classification"
+            else:
+                problem = "multi_label_classification"
+        if problem == "regression":
+            return F.mse_loss(logits.squeeze(-1).float(), labels.float().view(-1))
+        if problem == "multi_label_classification":
+            return F.binary_cross_entropy_with_logits(logits.float(), labels.float())
+        return F.cross_entropy(logits.float(), labels.view(-1))
+
+
+class TokenClassifier(TaskModel):
+    """Per-token classification (NER, POS): `logits` (batch, seq, num_labels); labels -100 are ignored."""
+
+    task = "tokens"
+
+    def __init__(self, config: EncoderConfig):
+        _require_labels(config, self.task)
+        super().__init__(config)
+        dropout = config.classifier_dropout if config.classifier_dropout is not None else config.hidden_dropout
+        self.dropout = nn.Dropout(dropout)
+        self.classifier = nn.Linear(config.hidden_size, config.num_labels)
+
+    def forward(
+        self,
+        input_ids: Tensor,
+        attention_mask: Tensor | None = None,
+        token_type_ids: Tensor | None = None,
+        position_ids: Tensor | None = None,
+        output_attentions: bool = False,
+        labels: Tensor | None = None,
+    ) -> EncoderOutput:
+        output = self.encoder(input_ids, attention_mask, token_type_ids, position_ids, output_attentions)
+        output.logits = self.classifier(self.dropout(output.last_hidden_state))
+        if labels is not None:
+            output.loss = F.cross_entropy(output.logits.reshape(-1, self.config.num_labels).float(), labels.reshape(-1))
+        return output
+
+
+class QuestionAnswering(TaskModel):
+    """Extractive QA: `start_logits` and `end_logits`, each (batch, seq)."""
+
+    task = "qa"
+
+    def __init__(self, config: EncoderConfig):
+        super().__init__(config)
+        self.qa_outputs = nn.Linear(config.hidden_size, 2)
+
+    def forward(
+        self,
+        input_ids: Tensor,
+        attention_mask: Tensor | None = None,
+        token_type_ids: Tensor | None = None,
+        position_ids: Tensor | None = None,
+        output_attentions: bool = False,
+        start_positions: Tensor | None = None,
+        end_positions: Tensor | None = None,
+    ) -> EncoderOutput:
+        output = self.encoder(input_ids, attention_mask, token_type_ids, position_ids, output_attentions)
+        start_logits, end_logits = self.qa_outputs(output.last_hidden_state).unbind(dim=-1)
+        output.start_logits, output.end_logits = start_logits.contiguous(), end_logits.contiguous()
+        if start_positions is not None and end_positions is not None:
+            # Positions outside the sequence (answer cut off by the window) are ignored, as in BERT's run_squad.
+            ignored = start_logits.shape[1]
+            start = F.cross_entropy(start_logits.float(), start_positions.clamp(0, ignored), ignore_index=ignored)
+            end = F.cross_entropy(end_logits.float(), end_positions.clamp(0, ignored), ignore_index=ignored)
+            output.loss = (start + end) / 2
+        return output
+
+
+TASK_MODELS: dict[str, type[nn.Module]] = {
+    "encoder": Encoder,
+    "masked-lm": MaskedLM,
+    "classification": SequenceClassifier,
+    "tokens": TokenClassifier,
+    "qa": QuestionAnswering,
+}
+
+
+def init_weights(model: nn.Module, config: EncoderConfig) -> nn.Module:
+    """BERT's initialisation: normal(0, initializer_range) weights, zero biases, unit LayerNorms."""
+    for module in model.modules():
+        if isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, std=config.initializer_range)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, std=config.initializer_range)
+            if module.padding_idx is not None:
+                with torch.no_grad():
+                    module.weight[module.padding_idx].zero_()
+        elif isinstance(module, nn.LayerNorm):
+            nn.init.ones_(module.weight)
+            nn.init.zeros_(module.bias)
+        elif isinstance(module, MaskedLMHead):
+            nn.init.zeros_(module.bias)
+    return model
+
+
+def create(config: EncoderConfig, task: str = "encoder") -> nn.Module:
+    """A freshly initialised model for `task` (one of `TASK_MODELS`).
+
+    Example:
+        >>> model = create(EncoderConfig.preset("tiny"), "masked-lm")
+    """
+    if task not in TASK_MODELS:
+        raise ValueError(f"unknown task {task!r}; tasks are {sorted(TASK_MODELS)}")
+    return init_weights(TASK_MODELS[task](config), config)
