@@ -1,0 +1,427 @@
+"""Readers for fine-tuning files: tables (CSV / TSV / JSONL), CoNLL token files and SQuAD JSON.
+
+Every example keeps the file and line it came from, so a bad row or an unknown label is reported where a
+user can fix it. Files may be compressed (`.gz`, `.bz2`); the format comes from the extension underneath.
+"""
+
+from __future__ import annotations
+
+import bz2
+import csv
+import functools
+import gzip
+import json
+import re
+import warnings
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+TABLE_EXTENSIONS = {".csv": ",", ".tsv": "\t", ".jsonl": None}
+
+
+@dataclass(frozen=True)
+class TextExample:
+    """One row of a table: a text, an optional second text (pairs: NLI, paraphrase) and an optional label.
+
+    `label` is a string, or a list of strings for multi-label rows (a JSON array in JSONL files).
+    """
+
+    text: str
+    text_pair: str | None
+    label: str | list[str] | None
+    path: str
+    line: int
+
+
+@dataclass(frozen=True)
+class Sentence:
+    """One sentence of a CoNLL file; `line` is the line of its first token, token i is on line + i."""
+
+    tokens: list[str]
+    tags: list[str] | None
+    path: str
+    line: int
+
+
+@dataclass(frozen=True)
+class QAExample:
+    """One SQuAD question; `answers` are (text, character offset into context); none when impossible."""
+
+    id: str
+    question: str
+    context: str
+    answers: list[tuple[str, int]]
+    is_impossible: bool
+
+
+def _open_text(path: Path) -> IO[str]:
+    # utf-8-sig drops the byte-order mark spreadsheet programs write, which would otherwise become part of
+    # the first column's name. newline="" lets the csv module see line breaks inside quoted fields.
+    if path.suffix == ".gz":
+        return gzip.open(path, "rt", encoding="utf-8-sig", newline="")
+    if path.suffix == ".bz2":
+        return bz2.open(path, "rt", encoding="utf-8-sig", newline="")
+    return open(path, encoding="utf-8-sig", newline="")
+
+
+def _format_suffix(path: Path) -> str:
+    return Path(path.stem).suffix.lower() if path.suffix in (".gz", ".bz2") else path.suffix.lower()
+
+
+def _missing_columns(path: Path, where: str, columns: list[str], present: Sequence[str]) -> None:
+    missing = [column for column in columns if column not in present]
+    if missing:
+        raise ValueError(f"{path}{where}: no column {missing}; the columns are {list(present)}")
+
+
+def _delimited_records(
+    path: Path, delimiter: str, quoting: int, columns: list[str]
+) -> Iterator[tuple[int, dict[str, str]]]:
+    with _open_text(path) as file:
+        reader = csv.reader(file, delimiter=delimiter, quoting=quoting)
+        try:
+            header = next(reader, None)
+            if not header:
+                raise ValueError(f"{path}: no header line; the first line must name the columns")
+            _missing_columns(path, "", columns, header)
+            start = reader.line_num + 1
+            for row in reader:
+                if row:
+                    if len(row) != len(header):
+                        raise ValueError(
+                            f"{path} line {start}: {len(row)} fields, expected {len(header)} as in the header "
+                            f"{header}"
+                        )
+                    yield start, dict(zip(header, row, strict=True))
+                start = reader.line_num + 1
+        except csv.Error as error:
+            raise ValueError(f"{path} line {reader.line_num}: {error}") from error
+
+
+def _jsonl_records(path: Path, columns: list[str]) -> Iterator[tuple[int, dict[str, Any]]]:
+    with _open_text(path) as file:
+        for number, line in enumerate(file, start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as error:
+                raise ValueError(f"{path} line {number}: not valid JSON ({error.msg})") from error
+            if not isinstance(record, dict):
+                raise ValueError(f"{path} line {number}: expected a JSON object, got {type(record).__name__}")
+            _missing_columns(path, f" line {number}", columns, list(record))
+            yield number, record
+
+
+def _text_field(path: Path, line: int, record: Mapping[str, Any], column: str) -> str:
+    value = record[column]
+    if not isinstance(value, str):
+        raise ValueError(f"{path} line {line}: column {column!r} holds {type(value).__name__}, expected text")
+    if not value.strip():
+        raise ValueError(f"{path} line {line}: empty text in column {column!r}")
+    return value
+
+
+def _label_field(path: Path, line: int, value: Any, column: str) -> str | list[str]:
+    # JSON numbers and booleans become their JSON spelling, so 1 in a JSONL file and "1" in a CSV file are
+    # the same label.
+    if isinstance(value, list):
+        return [_label_field(path, line, item, column) for item in value]
+    if value is None or isinstance(value, dict):
+        raise ValueError(f"{path} line {line}: column {column!r} holds {json.dumps(value)}, expected a label")
+    label = value if isinstance(value, str) else json.dumps(value)
+    if not label.strip():
+        raise ValueError(f"{path} line {line}: empty label in column {column!r}")
+    return label
+
+
+def read_table(
+    path: str | Path,
+    text_column: str,
+    text_pair_column: str | None = None,
+    label_column: str | None = None,
+    delimiter: str | None = None,
+) -> list[TextExample]:
+    """Read examples from a CSV, TSV or JSONL file (optionally .gz / .bz2), choosing columns by name.
+
+    The format follows the extension; `delimiter` overrides the CSV/TSV separator. TSV is read without
+    quote handling, as GLUE-style files contain bare quote characters.
+
+    Example:
+        >>> examples = read_table("train.csv", text_column="review", label_column="sentiment")
+        >>> examples[0].text, examples[0].label, examples[0].line
+        ('A gripping film.', 'fresh', 2)
+    """
+    path = Path(path)
+    suffix = _format_suffix(path)
+    columns = [c for c in (text_column, text_pair_column, label_column) if c is not None]
+    if suffix not in TABLE_EXTENSIONS and delimiter is None:
+        raise ValueError(
+            f"{path}: cannot tell the format from the extension {suffix!r}; expected one of "
+            f"{sorted(TABLE_EXTENSIONS)} (optionally .gz/.bz2), or pass a delimiter"
+        )
+    if suffix == ".jsonl":
+        if delimiter is not None:
+            raise ValueError(f"{path}: a delimiter applies to CSV/TSV files, not JSON Lines")
+        records: Iterator[tuple[int, Mapping[str, Any]]] = _jsonl_records(path, columns)
+    else:
+        separator = delimiter or TABLE_EXTENSIONS.get(suffix) or ","
+        quoting = csv.QUOTE_NONE if suffix == ".tsv" else csv.QUOTE_MINIMAL
+        records = _delimited_records(path, separator, quoting, columns)
+    examples = []
+    for line, record in records:
+        examples.append(
+            TextExample(
+                text=_text_field(path, line, record, text_column),
+                text_pair=_text_field(path, line, record, text_pair_column) if text_pair_column else None,
+                label=_label_field(path, line, record[label_column], label_column) if label_column else None,
+                path=str(path),
+                line=line,
+            )
+        )
+    if not examples:
+        raise ValueError(f"{path}: no examples")
+    return examples
+
+
+def read_conll(path: str | Path, token_column: int = 0, tag_column: int | None = -1) -> list[Sentence]:
+    """Read a CoNLL-style file: one token per line, fields split by tabs (or spaces), blank lines between
+    sentences, lines starting with `-DOCSTART-` skipped. `tag_column=None` reads tokens only (text to tag).
+
+    Every token line must have as many fields as the first one.
+
+    Example:
+        >>> sentences = read_conll("train.conll")  # "EU NNP B-NP B-ORG" lines, as CoNLL-2003
+        >>> sentences[0].tokens[:2], sentences[0].tags[:2]
+        (['EU', 'rejects'], ['B-ORG', 'O'])
+    """
+    path = Path(path)
+    sentences: list[Sentence] = []
+    tokens: list[str] = []
+    tags: list[str] = []
+    start = 0
+    expected: tuple[int, int, str] | None = None  # (fields, line number, separator) of the first token line
+
+    def close_sentence() -> None:
+        if tokens:
+            sentences.append(Sentence(list(tokens), list(tags) if tag_column is not None else None, str(path),
+                                      start))
+            tokens.clear()
+            tags.clear()
+
+    with _open_text(path) as file:
+        for number, raw in enumerate(file, start=1):
+            line = raw.rstrip("\r\n")
+            if not line.strip():
+                close_sentence()
+                continue
+            # Document separators may carry fewer fields than token lines; they are never tokens.
+            if line.split()[0] == "-DOCSTART-":
+                close_sentence()
+                continue
+            if expected is None:
+                separator = "\t" if "\t" in line else " "
+                fields = _split_fields(line, separator)
+                expected = (len(fields), number, separator)
+                for name, column in (("token_column", token_column), ("tag_column", tag_column)):
+                    if column is not None and not -len(fields) <= column < len(fields):
+                        raise ValueError(
+                            f"{path} line {number}: {name}={column} but the line has {len(fields)} fields"
+                        )
+                if tag_column is not None and token_column % len(fields) == tag_column % len(fields):
+                    raise ValueError(
+                        f"{path}: token_column={token_column} and tag_column={tag_column} are the same "
+                        f"column of {len(fields)}; pass tag_column=None to read tokens only"
+                    )
+            fields = _split_fields(line, expected[2])
+            if len(fields) != expected[0]:
+                raise ValueError(
+                    f"{path} line {number}: {len(fields)} fields, expected {expected[0]} as on line "
+                    f"{expected[1]}: {line!r}"
+                )
+            if not tokens:
+                start = number
+            tokens.append(fields[token_column])
+            if tag_column is not None:
+                tags.append(fields[tag_column])
+    close_sentence()
+    if not sentences:
+        raise ValueError(f"{path}: no sentences")
+    return sentences
+
+
+def _split_fields(line: str, separator: str) -> list[str]:
+    # Tab-separated files may hold tokens with spaces inside; otherwise any run of spaces separates.
+    return [field.strip() for field in line.split("\t")] if separator == "\t" else line.split()
+
+
+def _require(value: Any, kinds: tuple[type, ...], path: Path, where: str, field: str) -> Any:
+    # bool is an int in Python, but `"answer_start": true` is not an offset.
+    if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
+        expected = " or ".join(kind.__name__ for kind in kinds)
+        raise ValueError(f"{path}: {where}: field {field!r} holds {json.dumps(value)[:80]}, expected {expected}")
+    return value
+
+
+def _field(record: Any, name: str, kinds: tuple[type, ...], path: Path, where: str) -> Any:
+    if not isinstance(record, dict):
+        raise ValueError(f"{path}: {where}: expected a JSON object, got {type(record).__name__}")
+    if name not in record:
+        raise ValueError(f"{path}: {where}: missing field {name!r}; the fields are {sorted(record)}")
+    return _require(record[name], kinds, path, where, name)
+
+
+def read_squad(path: str | Path, strict: bool = False) -> list[QAExample]:
+    """Read SQuAD v1.1 / v2.0 JSON (optionally .gz / .bz2) into one example per question.
+
+    An answer whose text differs from `context[answer_start:answer_start + len(text)]`, or a question marked
+    impossible that has answers (or answerable without any), is a wrong label: the question is skipped, and
+    one warning gives the count and the ids; `strict=True` raises instead. A missing or mistyped field raises.
+
+    Example:
+        >>> examples = read_squad("dev-v2.0.json")
+        >>> examples[0].question, examples[0].answers, examples[0].is_impossible
+        ('In what country is Normandy located?', [('France', 159), ...], False)
+    """
+    path = Path(path)
+    with _open_text(path) as file:
+        try:
+            document = json.load(file)
+        except json.JSONDecodeError as error:
+            raise ValueError(f"{path} line {error.lineno}: not valid JSON ({error.msg})") from error
+    examples: list[QAExample] = []
+    problems: list[str] = []
+    seen: dict[str, str] = {}
+    for a, article in enumerate(_field(document, "data", (list,), path, "top level")):
+        for p, paragraph in enumerate(_field(article, "paragraphs", (list,), path, f"data[{a}]")):
+            where = f"data[{a}].paragraphs[{p}]"
+            context = _field(paragraph, "context", (str,), path, where)
+            for q, qa in enumerate(_field(paragraph, "qas", (list,), path, where)):
+                where = f"data[{a}].paragraphs[{p}].qas[{q}]"
+                qid = str(_field(qa, "id", (str, int), path, where))
+                if qid in seen:
+                    raise ValueError(f"{path}: {where}: id {qid!r} already used at {seen[qid]}")
+                seen[qid] = where
+                question = _field(qa, "question", (str,), path, where)
+                answers = []
+                for i, answer in enumerate(_field(qa, "answers", (list,), path, where)):
+                    text = _field(answer, "text", (str,), path, f"{where}.answers[{i}]")
+                    offset = _field(answer, "answer_start", (int,), path, f"{where}.answers[{i}]")
+                    answers.append((text, offset))
+                is_impossible = _require(qa.get("is_impossible", not answers), (bool,), path, where, "is_impossible")
+                problem = _answer_problem(context, answers, is_impossible)
+                if problem:
+                    if strict:
+                        raise ValueError(f"{path}: {where} (id {qid!r}): {problem}")
+                    problems.append(f"{qid} ({problem})")
+                    continue
+                examples.append(QAExample(qid, question, context, answers, is_impossible))
+    if problems:
+        total = len(examples) + len(problems)
+        warnings.warn(
+            f"{path}: skipped {len(problems)} of {total} questions whose answers do not fit their context: "
+            + "; ".join(problems[:5])
+            + (" ..." if len(problems) > 5 else ""),
+            stacklevel=2,
+        )
+    return examples
+
+
+def _answer_problem(context: str, answers: list[tuple[str, int]], is_impossible: bool) -> str | None:
+    if is_impossible and answers:
+        return f"marked impossible but has {len(answers)} answers"
+    if not is_impossible and not answers:
+        return "marked answerable but has no answers"
+    for text, offset in answers:
+        found = context[offset : offset + len(text)] if offset >= 0 else ""
+        if found != text:
+            return f"answer {text!r} at {offset}, but the context there reads {found!r}"
+    return None
+
+
+@dataclass(frozen=True)
+class LabelVocabulary:
+    """The label set of the training data, with the ids a model's head and checkpoint config use."""
+
+    labels: tuple[str, ...]
+
+    @functools.cached_property
+    def id2label(self) -> dict[int, str]:
+        return dict(enumerate(self.labels))
+
+    @functools.cached_property
+    def label2id(self) -> dict[str, int]:
+        return {label: i for i, label in enumerate(self.labels)}
+
+    @classmethod
+    def from_id2label(cls, id2label: Mapping[int | str, str]) -> LabelVocabulary:
+        """Rebuild the vocabulary from a checkpoint config's `id2label` (JSON keys may be strings).
+
+        Example:
+            >>> LabelVocabulary.from_id2label({"0": "neg", "1": "pos"}).label2id
+            {'neg': 0, 'pos': 1}
+        """
+        by_id = {int(i): label for i, label in id2label.items()}
+        if sorted(by_id) != list(range(len(by_id))):
+            raise ValueError(f"id2label ids must be 0..{len(by_id) - 1}, got {sorted(by_id)}")
+        return cls(tuple(by_id[i] for i in range(len(by_id))))
+
+    def encode(self, example: TextExample | Sentence) -> int | list[int]:
+        """The id of an example's label (a list of ids for multi-label rows and for sentences' tags).
+
+        An unknown label raises an error naming the file, line and label.
+
+        Example:
+            >>> vocabulary = label_vocabulary(train_examples)  # labels 'fresh', 'rotten'
+            >>> vocabulary.encode(validation_examples[0])
+            1
+        """
+        if isinstance(example, Sentence):
+            if example.tags is None:
+                raise ValueError(f"{example.path} line {example.line}: the sentence has no tags to encode")
+            return [self._id(tag, example.path, example.line + i) for i, tag in enumerate(example.tags)]
+        if example.label is None:
+            raise ValueError(f"{example.path} line {example.line}: the example has no label to encode")
+        if isinstance(example.label, list):
+            return [self._id(label, example.path, example.line) for label in example.label]
+        return self._id(example.label, example.path, example.line)
+
+    def _id(self, label: str, path: str, line: int) -> int:
+        if label not in self.label2id:
+            raise ValueError(
+                f"{path} line {line}: label {label!r} is not one of the {len(self.labels)} labels of the "
+                f"training data: {list(self.labels)}"
+            )
+        return self.label2id[label]
+
+
+def _label_order(label: str) -> tuple[int, str]:
+    return (int(label), label)
+
+
+_INTEGER = re.compile(r"-?[0-9]+")
+
+
+def label_vocabulary(examples: Sequence[TextExample] | Sequence[Sentence]) -> LabelVocabulary:
+    """The sorted label set of training examples (tags for sentences); integer labels sort by value.
+
+    Example:
+        >>> label_vocabulary(read_table("train.csv", "review", label_column="sentiment")).id2label
+        {0: 'fresh', 1: 'rotten'}
+    """
+    labels: set[str] = set()
+    for example in examples:
+        if isinstance(example, Sentence):
+            values = example.tags
+        else:
+            values = [example.label] if isinstance(example.label, str) else example.label
+        if values is None:
+            raise ValueError(f"{example.path} line {example.line}: no label; read training data with labels")
+        labels.update(values)
+    if not labels:
+        raise ValueError("no labels in the examples")
+    # "2" before "10": numeric labels (0/1/2 in GLUE files) keep their own value as id.
+    numeric = all(_INTEGER.fullmatch(label) for label in labels)
+    return LabelVocabulary(tuple(sorted(labels, key=_label_order if numeric else None)))
