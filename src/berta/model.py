@@ -135,6 +135,8 @@ class SelfAttention(nn.Module):
             if layout.key_mask is not None:
                 scores = scores.masked_fill(~layout.key_mask, torch.finfo(scores.dtype).min)
             probabilities = scores.softmax(dim=-1)
+            if layout.key_mask is not None:  # padding attends to nothing, so both paths return the same rows
+                probabilities = probabilities * layout.mask[:, None, :, None]
             context = F.dropout(probabilities, dropout, self.training) @ value
         else:
             context = F.scaled_dot_product_attention(query, key, value, attn_mask=layout.key_mask, dropout_p=dropout)
@@ -500,7 +502,7 @@ class TokenClassifier(TaskModel):
 
 
 class QuestionAnswering(TaskModel):
-    """Extractive QA: `start_logits` and `end_logits`, each (batch, seq)."""
+    """Extractive QA: `start_logits` and `end_logits`, each (batch, seq); padding gets the dtype's minimum."""
 
     task = "qa"
 
@@ -518,8 +520,14 @@ class QuestionAnswering(TaskModel):
         start_positions: Tensor | None = None,
         end_positions: Tensor | None = None,
     ) -> EncoderOutput:
+        if attention_mask is None:
+            attention_mask = input_ids.ne(self.config.pad_token_id)
         output = self.encoder(input_ids, attention_mask, token_type_ids, position_ids, output_attentions)
         start_logits, end_logits = self.qa_outputs(output.last_hidden_state).unbind(dim=-1)
+        padding = ~attention_mask.bool()  # padding is never an answer (transformers scores it; fairseq does not)
+        if padding.any():
+            start_logits = start_logits.masked_fill(padding, torch.finfo(start_logits.dtype).min)
+            end_logits = end_logits.masked_fill(padding, torch.finfo(end_logits.dtype).min)
         output.start_logits, output.end_logits = start_logits.contiguous(), end_logits.contiguous()
         if start_positions is not None and end_positions is not None:
             # Positions outside the sequence (answer cut off by the window) are ignored, as in BERT's run_squad.
