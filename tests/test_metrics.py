@@ -16,6 +16,7 @@ import seqeval.metrics.sequence_labeling as seqeval_default
 import seqeval.metrics.v1 as seqeval_strict
 import seqeval.scheme
 import sklearn.metrics
+import sklearn.preprocessing
 
 from berta import metrics
 
@@ -115,6 +116,46 @@ def test_confusion_matrix_matches_sklearn():
     np.testing.assert_array_equal(matrix, sklearn.metrics.confusion_matrix(labels, predictions, labels=order))
     with pytest.raises(ValueError, match=r"labels \['4'\] are not in label_order"):
         metrics.confusion_matrix(predictions, labels, label_order=[0, 1, 2, 3])
+
+
+@pytest.mark.parametrize("average", ["macro", "micro", "weighted"])
+def test_multi_label_matches_sklearn_on_indicator_matrices(average):
+    rng = np.random.default_rng(11)
+    names = ["art", "news", "sports", "tech"]
+    for trial in range(150):
+        size = int(rng.integers(1, 20))
+        # Some trials with no gold labels at all (weighted average falls back to unweighted).
+        density = 0.0 if trial % 25 == 0 else 0.4
+        labels = [{n for n in names if rng.random() < density} for _ in range(size)]
+        predictions = [{n for n in names if rng.random() < 0.4} for _ in range(size)]
+        # Classes are the labels that occur, as for single-label input. scikit-learn reads a one-column
+        # indicator matrix as binary input, not multi-label, so those trials cannot be compared.
+        used = sorted(set().union(*labels, *predictions))
+        if len(used) < 2:
+            continue
+        ours = metrics.multi_label(predictions, labels, average=average)
+        binarizer = sklearn.preprocessing.MultiLabelBinarizer(classes=used).fit([used])
+        gold, predicted = binarizer.transform(labels), binarizer.transform(predictions)
+        reference = sklearn.metrics.precision_recall_fscore_support(gold, predicted, average=average,
+                                                                     zero_division=0)
+        assert close(ours["precision"], reference[0])
+        assert close(ours["recall"], reference[1])
+        assert close(ours["f1"], reference[2])
+        assert close(ours["accuracy"], sklearn.metrics.accuracy_score(gold, predicted))
+        per_class = sklearn.metrics.precision_recall_fscore_support(gold, predicted, average=None, zero_division=0)
+        assert list(ours["per_class"]) == used
+        for i, label in enumerate(used):
+            figures = ours["per_class"][label]
+            assert (figures["precision"], figures["recall"], figures["f1"], figures["support"]) == pytest.approx(
+                (per_class[0][i], per_class[1][i], per_class[2][i], per_class[3][i]), rel=TOLERANCE, abs=TOLERANCE
+            )
+
+
+def test_multi_label_bad_input():
+    with pytest.raises(ValueError, match="nothing to score"):
+        metrics.multi_label([set()], [set()])
+    with pytest.raises(ValueError, match="for multi-label"):
+        metrics.multi_label([{"a"}], [{"a"}], average="binary")
 
 
 # --------------------------------------------------------------------------- regression (scipy, scikit-learn)

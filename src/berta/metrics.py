@@ -1,7 +1,7 @@
 """Evaluation metrics that agree with the implementations the field reports numbers with.
 
 - `classification`: accuracy, precision / recall / F1 (binary, macro, micro, weighted), Matthews correlation
-  and per-class figures, as `sklearn.metrics` computes them.
+  and per-class figures, as `sklearn.metrics` computes them; `multi_label` for label sets.
 - `regression`: Pearson, Spearman and mean squared error, as `scipy.stats` / `sklearn.metrics`.
 - `entities`: entity-level precision / recall / F1 with conlleval semantics (what `seqeval` reports in its
   default mode), or strict decoding per scheme (`seqeval` with `mode="strict"`).
@@ -18,7 +18,7 @@ import collections
 import re
 import string
 import warnings
-from collections.abc import Hashable, Mapping, Sequence
+from collections.abc import Collection, Hashable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -83,6 +83,42 @@ def _matthews(matrix: np.ndarray) -> float:
     return 0.0 if product == 0 else float(covariance_true_predicted / np.sqrt(product))
 
 
+def _per_class(
+    order: list[Hashable], true_positives: np.ndarray, predicted_sum: np.ndarray, true_sum: np.ndarray
+) -> dict[Hashable, dict[str, float | int]]:
+    precision = _divide(true_positives, predicted_sum)
+    recall = _divide(true_positives, true_sum)
+    # F1 from the counts, 2tp / (2tp + fp + fn), as scikit-learn >= 1.3 computes it.
+    f1 = _divide(2 * true_positives, true_sum + predicted_sum)
+    return {
+        label: {
+            "precision": float(precision[i]),
+            "recall": float(recall[i]),
+            "f1": float(f1[i]),
+            "support": int(true_sum[i]),
+        }
+        for i, label in enumerate(order)
+    }
+
+
+def _average(
+    true_positives: np.ndarray, predicted_sum: np.ndarray, true_sum: np.ndarray, average: str
+) -> tuple[float, float, float]:
+    if average == "micro":
+        tp, predicted, true = true_positives.sum(), predicted_sum.sum(), true_sum.sum()
+        return (
+            float(_divide(tp, predicted)),
+            float(_divide(tp, true)),
+            float(_divide(2 * tp, true + predicted)),
+        )
+    # Weighted by support; with no support at all, unweighted (scikit-learn's _nanaverage).
+    weights = true_sum if average == "weighted" and true_sum.sum() > 0 else None
+    precision = _divide(true_positives, predicted_sum)
+    recall = _divide(true_positives, true_sum)
+    f1 = _divide(2 * true_positives, true_sum + predicted_sum)
+    return tuple(float(np.average(values, weights=weights)) for values in (precision, recall, f1))
+
+
 def classification(
     predictions: Sequence[Hashable],
     labels: Sequence[Hashable],
@@ -107,19 +143,7 @@ def classification(
     true_positives = np.diag(matrix).astype(np.float64)
     predicted_sum = matrix.sum(axis=0)
     true_sum = matrix.sum(axis=1)
-    precision = _divide(true_positives, predicted_sum)
-    recall = _divide(true_positives, true_sum)
-    # F1 from the counts, 2tp / (2tp + fp + fn), as scikit-learn >= 1.3 computes it.
-    f1 = _divide(2 * true_positives, true_sum + predicted_sum)
-    per_class = {
-        label: {
-            "precision": float(precision[i]),
-            "recall": float(recall[i]),
-            "f1": float(f1[i]),
-            "support": int(true_sum[i]),
-        }
-        for i, label in enumerate(order)
-    }
+    per_class = _per_class(order, true_positives, predicted_sum, true_sum)
     if average == "binary":
         if len(order) > 2:
             raise ValueError(f"average='binary' needs at most two classes, found {len(order)}: {order}")
@@ -130,16 +154,8 @@ def classification(
             scores = (averaged["precision"], averaged["recall"], averaged["f1"])
         else:
             scores = (0.0, 0.0, 0.0)
-    elif average == "micro":
-        tp, predicted, true = true_positives.sum(), predicted_sum.sum(), true_sum.sum()
-        scores = (
-            float(_divide(tp, predicted)),
-            float(_divide(tp, true)),
-            float(_divide(2 * tp, true + predicted)),
-        )
     else:
-        weights = true_sum if average == "weighted" else None
-        scores = tuple(float(np.average(values, weights=weights)) for values in (precision, recall, f1))
+        scores = _average(true_positives, predicted_sum, true_sum, average)
     return {
         "accuracy": float(true_positives.sum() / matrix.sum()),
         "precision": scores[0],
@@ -148,6 +164,50 @@ def classification(
         "mcc": _matthews(matrix),
         "number": int(matrix.sum()),
         "per_class": per_class,
+    }
+
+
+def multi_label(
+    predictions: Sequence[Collection[Hashable]],
+    labels: Sequence[Collection[Hashable]],
+    average: str = "micro",
+) -> dict[str, Any]:
+    """Multi-label figures: subset accuracy, precision / recall / F1 over (example, label) decisions with the
+    chosen average ("micro", "macro", "weighted"), and per-label figures, as scikit-learn on indicator matrices.
+
+    Each prediction and label is the collection of labels of one example (empty for none).
+
+    Example:
+        >>> result = multi_label([{"news"}, {"art", "news"}], [{"news"}, {"art"}])
+        >>> result["accuracy"], result["precision"], result["recall"]
+        (0.5, 0.6666666666666666, 1.0)
+    """
+    if average not in ("macro", "micro", "weighted"):
+        raise ValueError(f"average must be 'macro', 'micro' or 'weighted' for multi-label, got {average!r}")
+    if len(predictions) != len(labels):
+        raise ValueError(f"{len(predictions)} predictions but {len(labels)} labels; they must pair up")
+    order = sorted({label for row in [*predictions, *labels] for label in row})
+    if not order:
+        raise ValueError("no label in any prediction or gold label set: nothing to score")
+    index = {label: i for i, label in enumerate(order)}
+
+    def indicator(rows: Sequence[Collection[Hashable]]) -> np.ndarray:  # (examples, labels)
+        matrix = np.zeros((len(rows), len(order)), dtype=bool)
+        for row, row_labels in enumerate(rows):
+            matrix[row, [index[label] for label in row_labels]] = True
+        return matrix
+
+    predicted, gold = indicator(predictions), indicator(labels)
+    true_positives = (predicted & gold).sum(axis=0).astype(np.float64)
+    predicted_sum, true_sum = predicted.sum(axis=0), gold.sum(axis=0)
+    precision, recall, f1 = _average(true_positives, predicted_sum, true_sum, average)
+    return {
+        "accuracy": float(np.mean(np.all(predicted == gold, axis=1))),
+        "precision": precision,
+        "recall": recall,
+        "f1": f1,
+        "number": len(labels),
+        "per_class": _per_class(order, true_positives, predicted_sum, true_sum),
     }
 
 
