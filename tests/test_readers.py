@@ -126,6 +126,15 @@ def test_bad_table_rows_name_file_and_line(tmp_path, name, content, message):
         read_table(path, "text", label_column="label")
 
 
+def test_skip_empty_counts_skipped_rows(tmp_path):
+    path = tmp_path / "train.csv"
+    path.write_text("text,label\ngood,x\n  ,y\nfine,\nlast,z\n")
+    expected = f"{path}: skipped 2 rows with an empty text or label, on lines [3, 4]"
+    with pytest.warns(UserWarning, match=re.escape(expected)):
+        examples = read_table(path, "text", label_column="label", skip_empty=True)
+    assert [(e.text, e.line) for e in examples] == [("good", 2), ("last", 5)]
+
+
 # --------------------------------------------------------------------------- CoNLL
 
 CONLL_2003 = """-DOCSTART- -X- -X- O

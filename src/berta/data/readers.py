@@ -115,12 +115,16 @@ def _jsonl_records(path: Path, columns: list[str]) -> Iterator[tuple[int, dict[s
             yield number, record
 
 
+class _EmptyFieldError(ValueError):
+    """An empty text or label: an error, or a counted skip with `skip_empty`."""
+
+
 def _text_field(path: Path, line: int, record: Mapping[str, Any], column: str) -> str:
     value = record[column]
     if not isinstance(value, str):
         raise ValueError(f"{path} line {line}: column {column!r} holds {type(value).__name__}, expected text")
     if not value.strip():
-        raise ValueError(f"{path} line {line}: empty text in column {column!r}")
+        raise _EmptyFieldError(f"{path} line {line}: empty text in column {column!r}")
     return value
 
 
@@ -133,7 +137,7 @@ def _label_field(path: Path, line: int, value: Any, column: str) -> str | list[s
         raise ValueError(f"{path} line {line}: column {column!r} holds {json.dumps(value)}, expected a label")
     label = value if isinstance(value, str) else json.dumps(value)
     if not label.strip():
-        raise ValueError(f"{path} line {line}: empty label in column {column!r}")
+        raise _EmptyFieldError(f"{path} line {line}: empty label in column {column!r}")
     return label
 
 
@@ -143,11 +147,13 @@ def read_table(
     text_pair_column: str | None = None,
     label_column: str | None = None,
     delimiter: str | None = None,
+    skip_empty: bool = False,
 ) -> list[TextExample]:
     """Read examples from a CSV, TSV or JSONL file (optionally .gz / .bz2), choosing columns by name.
 
     The format follows the extension; `delimiter` overrides the CSV/TSV separator. TSV is read without
-    quote handling, as GLUE-style files contain bare quote characters.
+    quote handling, as GLUE-style files contain bare quote characters. An empty text or label is an error
+    naming file and line; with `skip_empty=True` such rows are skipped and counted in one warning.
 
     Example:
         >>> examples = read_table("train.csv", text_column="review", label_column="sentiment")
@@ -171,15 +177,27 @@ def read_table(
         quoting = csv.QUOTE_NONE if suffix == ".tsv" else csv.QUOTE_MINIMAL
         records = _delimited_records(path, separator, quoting, columns)
     examples = []
+    skipped = []
     for line, record in records:
-        examples.append(
-            TextExample(
+        try:
+            example = TextExample(
                 text=_text_field(path, line, record, text_column),
                 text_pair=_text_field(path, line, record, text_pair_column) if text_pair_column else None,
                 label=_label_field(path, line, record[label_column], label_column) if label_column else None,
                 path=str(path),
                 line=line,
             )
+        except _EmptyFieldError:
+            if not skip_empty:
+                raise
+            skipped.append(line)
+            continue
+        examples.append(example)
+    if skipped:
+        warnings.warn(
+            f"{path}: skipped {len(skipped)} rows with an empty text or label, on lines {skipped[:10]}"
+            + (" ..." if len(skipped) > 10 else ""),
+            stacklevel=2,
         )
     if not examples:
         raise ValueError(f"{path}: no examples")
