@@ -105,6 +105,11 @@ def test_classification_string_labels_and_positive_label():
         metrics.classification([0, 1, 0], [0, 1])
     with pytest.raises(ValueError, match="nothing to score"):
         metrics.classification([], [])
+    with pytest.raises(ValueError, match="labels: expected one label per example; use multi_label"):
+        metrics.classification([0, 1], [[0, 1], [1, 0]])
+    # numpy arrays and numpy scalars work, and keys come back as plain Python values.
+    result = metrics.classification(np.array([0, 1, 1]), np.array([0, 1, 0]))
+    assert list(result["per_class"]) == [0, 1] and type(next(iter(result["per_class"]))) is int
 
 
 def test_confusion_matrix_matches_sklearn():

@@ -42,6 +42,13 @@ def _python(value: Any) -> Any:
     return value.item() if isinstance(value, np.generic) else value
 
 
+def _one_label_each(values: Sequence[Hashable], name: str) -> list[Hashable]:
+    labels = [_python(value) for value in values]
+    if any(isinstance(label, (list, set, tuple, np.ndarray)) for label in labels):
+        raise ValueError(f"{name}: expected one label per example; use multi_label for sets of labels")
+    return labels
+
+
 def confusion_matrix(
     predictions: Sequence[Hashable], labels: Sequence[Hashable], label_order: Sequence[Hashable] | None = None
 ) -> tuple[list[Hashable], np.ndarray]:
@@ -54,8 +61,7 @@ def confusion_matrix(
         >>> order, matrix.tolist()
         (['a', 'b'], [[1, 1], [0, 1]])
     """
-    predictions = [_python(p) for p in np.asarray(predictions, dtype=object).ravel()]
-    labels = [_python(t) for t in np.asarray(labels, dtype=object).ravel()]
+    predictions, labels = _one_label_each(predictions, "predictions"), _one_label_each(labels, "labels")
     if len(predictions) != len(labels):
         raise ValueError(f"{len(predictions)} predictions but {len(labels)} labels; they must pair up")
     order = sorted(set(predictions) | set(labels)) if label_order is None else list(label_order)
