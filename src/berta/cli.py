@@ -24,6 +24,7 @@ from typing import Any
 # command words -> "module:function". The function takes one settings dataclass (its first parameter's
 # annotation). Kept as strings so `berta --help` does not import torch-heavy modules.
 JOBS: dict[tuple[str, ...], str] = {
+    ("prepare",): "berta.data.corpus:prepare",
 }
 
 
