@@ -25,6 +25,7 @@ from typing import Any
 # annotation). Kept as strings so `berta --help` does not import torch-heavy modules.
 JOBS: dict[tuple[str, ...], str] = {
     ("prepare",): "berta.data.corpus:prepare",
+    ("tokenizer", "train"): "berta.tokenizer_train:train_tokenizer",
 }
 
 
