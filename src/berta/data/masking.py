@@ -58,8 +58,11 @@ class MaskingVocabulary:
             raise ValueError(f"special ids {outside} are outside the vocabulary of {self.vocab_size} tokens")
 
     @staticmethod
-    def from_tokenizer(tokenizer: Tokenizer) -> MaskingVocabulary:
+    def from_tokenizer(tokenizer: Tokenizer, position_offset: int | None = None) -> MaskingVocabulary:
         """Build the vocabulary facts from a berta `Tokenizer`, computing the word-start table once.
+
+        `position_offset` should be the model's `EncoderConfig.position_offset`; by default the family's (0 for
+        BERT, 2 for RoBERTa / XLM-R).
 
         Example: `MaskingVocabulary.from_tokenizer(tok).word_start[tok.token_to_id("Ġworld")]` is True.
         """
@@ -70,7 +73,7 @@ class MaskingVocabulary:
             mask_id=tokenizer.mask_id,
             special_ids=special_ids,
             word_start=word_start_table(tokenizer.get_vocab(), tokenizer.family, special_ids, len(tokenizer)),
-            position_offset=0 if tokenizer.family == "bert" else 2,
+            position_offset=(0 if tokenizer.family == "bert" else 2) if position_offset is None else position_offset,
         )
 
 
@@ -116,7 +119,9 @@ class MaskingCollator:
     tokens, or a dict with `input_ids` and optionally `position_ids` / `language_ids` (TLM pairs from
     `BlockDataset`). The batch holds `input_ids` (batch, seq), `attention_mask` (batch, seq), `labels` (batch,
     seq; -100 where not predicted), `masked_positions` (batch, seq) bool, and `position_ids` / `language_ids`
-    when the samples carry them (padding positions get the family's padding position, language 0).
+    when the samples carry them. Sample position ids count from 0; the batch's are shifted by the vocabulary's
+    `position_offset` (the model's), and padding gets `position_offset - 1` (clamped at 0), as the model's own
+    positions do; padded languages are 0.
 
     - `mask_prob` of the non-special, non-padding tokens (or words, with `whole_word`) are selected; of those
       `random_token_prob` get a random non-special token, `leave_unmasked_prob` stay, the rest become the mask.
@@ -230,32 +235,31 @@ class MaskingCollator:
             "labels": torch.from_numpy(labels),
             "masked_positions": torch.from_numpy(masked_positions),
         }
-        for name, padding in (("position_ids", max(self.vocabulary.position_offset - 1, 0)), ("language_ids", 0)):
+        offset = self.vocabulary.position_offset
+        for name, shift, padding in (("position_ids", offset, max(offset - 1, 0)), ("language_ids", 0, 0)):
             present = [name in f for f in fields]
             if any(present) and not all(present):
                 raise ValueError(f"some samples carry {name} and some do not; a batch must be uniform")
             if all(present):
                 values = np.full((batch, seq), padding, dtype=np.int64)  # (batch, seq)
                 for row, sample in enumerate(fields):
-                    values[row, : lengths[row]] = sample[name]
+                    values[row, : lengths[row]] = np.asarray(sample[name], dtype=np.int64) + shift
                 result[name] = torch.from_numpy(values)
         return result
 
 
 def pair_sample(source: np.ndarray, target: np.ndarray, cls_id: int, sep_id: int, family: str,
-                max_length: int, position_offset: int | None = None,
-                languages: tuple[int, int] = (0, 0)) -> dict[str, np.ndarray]:
+                max_length: int, languages: tuple[int, int] = (0, 0)) -> dict[str, np.ndarray]:
     """A TLM sample: a translation pair joined with the family's pair template, positions restarting at the target.
 
     RoBERTa / XLM-R: `<s> source </s></s> target </s>` (fairseq's pair template); BERT: `[CLS] source [SEP]
-    target [SEP]`. The longer side is cut first until the pair fits `max_length`. `position_ids` count from
-    `position_offset` (default: 0 for BERT, 2 otherwise) and start again at the target's first template token, as
-    in XLM's translation language modelling; `language_ids` are `languages[0]` then `languages[1]`.
+    target [SEP]`. The longer side is cut first until the pair fits `max_length`. `position_ids` count from 0
+    and start again at the target's first template token, as in XLM's translation language modelling (the
+    collator adds the model's position offset); `language_ids` are `languages[0]` then `languages[1]`.
 
     Example: `pair_sample(np.array([10, 11]), np.array([12]), 0, 2, "roberta", 512)["position_ids"]`
-    -> `[2, 3, 4, 5, 2, 3, 4]`.
+    -> `[0, 1, 2, 3, 0, 1, 2]`.
     """
-    offset = (0 if family == "bert" else 2) if position_offset is None else position_offset
     specials = 3 if family == "bert" else 4
     budget = max_length - specials
     if budget < 2:
@@ -271,7 +275,7 @@ def pair_sample(source: np.ndarray, target: np.ndarray, cls_id: int, sep_id: int
     second = np.concatenate([second_head, target[:target_length], [sep_id]]).astype(np.int64)
     return {
         "input_ids": np.concatenate([first, second]),
-        "position_ids": np.concatenate([np.arange(len(first)), np.arange(len(second))]) + offset,
+        "position_ids": np.concatenate([np.arange(len(first)), np.arange(len(second))]),
         "language_ids": np.repeat(np.array(languages, dtype=np.int64), [len(first), len(second)]),
     }
 
