@@ -275,7 +275,7 @@ def test_best_model_early_stopping_retention_and_logs(tmp_path: Path) -> None:
 
 
 def test_too_little_data_is_a_clear_error(tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match="fewer than one global batch of 32"):
+    with pytest.raises(ValueError, match="20 samples, fewer than one global batch of 32"):
         train(toy_model(), quiet(batch_size=16, grad_accum=2), toy_data(20), toy_collate, tmp_path)
 
 

@@ -24,6 +24,8 @@ from typing import Any
 # command words -> "module:function". The function takes one settings dataclass (its first parameter's
 # annotation). Kept as strings so `berta --help` does not import torch-heavy modules.
 JOBS: dict[tuple[str, ...], str] = {
+    ("pretrain",): "berta.train.pretrain:pretrain",
+    ("fill-mask",): "berta.inference.fill_mask:fill_mask",
     ("prepare",): "berta.data.corpus:prepare",
     ("tokenizer", "train"): "berta.tokenizer_train:train_tokenizer",
 }

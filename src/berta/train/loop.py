@@ -624,6 +624,7 @@ def train(
     evaluate: Evaluate | None = None,
     save_extras: Callable[[Path], None] | None = None,
     compute_loss: ComputeLoss | None = None,
+    sample_order: Callable[[int], Sequence[int]] | None = None,
 ) -> TrainResult:
     """Train `model` on `train_data`; write checkpoints, metrics and the final model under `output_dir`.
 
@@ -632,6 +633,8 @@ def train(
     - `evaluate(model)` returns metrics such as {"val_loss": ..., "val_accuracy": ...}; it runs every
       `eval_every` steps and at the end, in eval mode under `torch.no_grad()`, on every rank.
     - `save_extras(directory)` adds files (the tokenizer) to every model directory written.
+    - `sample_order(epoch)` gives the sample indices of an epoch (default: a permutation drawn from (seed,
+      epoch), see `epoch_order`); it must depend on the epoch only, e.g. `LanguageSampler.indices`.
 
     Writes `output_dir/metrics.jsonl`, `checkpoints/step-N/` (the last `keep_last`), `best/` (with
     `best_metric`), `model/` at the end, and `curves.png`. With an existing checkpoint in `output_dir` (and
@@ -646,21 +649,26 @@ def train(
     output_dir = Path(output_dir)
     distributed, device = _setup_distributed(settings.device)
     try:
+        if sample_order is None:
+            def sample_order(epoch: int) -> list[int]:
+                return epoch_order(len(train_data), settings.seed, epoch, settings.shuffle)
+
         return _train(model, settings, train_data, collate, output_dir, evaluate, save_extras,
-                      compute_loss or _default_loss, distributed, device)
+                      compute_loss or _default_loss, sample_order, distributed, device)
     finally:
         if distributed.created_group:
             dist.destroy_process_group()
 
 
-def _train(model, settings, train_data, collate, output_dir, evaluate, save_extras, compute_loss,
+def _train(model, settings, train_data, collate, output_dir, evaluate, save_extras, compute_loss, sample_order,
            distributed: _Distributed, device: torch.device) -> TrainResult:
     rank, world_size = distributed.rank, distributed.world_size
     global_batch = settings.batch_size * settings.grad_accum * world_size
-    steps_per_epoch = len(train_data) // global_batch
+    samples_per_epoch = len(sample_order(0))
+    steps_per_epoch = samples_per_epoch // global_batch
     if steps_per_epoch < 1:
         raise ValueError(
-            f"the training data holds {len(train_data)} samples, fewer than one global batch of {global_batch} "
+            f"an epoch holds {samples_per_epoch} samples, fewer than one global batch of {global_batch} "
             f"(batch_size {settings.batch_size} x grad_accum {settings.grad_accum} x {world_size} processes)"
         )
     total_steps = settings.max_steps or settings.epochs * steps_per_epoch
@@ -717,7 +725,7 @@ def _train(model, settings, train_data, collate, output_dir, evaluate, save_extr
     finished = progress.step >= total_steps or progress.stopped_early
     try:
         while not finished:
-            order = epoch_order(len(train_data), settings.seed, progress.epoch, settings.shuffle)
+            order = [int(i) for i in sample_order(progress.epoch)]
             source = _MicroBatches(train_data, collate, order, progress.position, progress.epoch, settings,
                                    rank, world_size)
             batches = _micro_batch_iterator(source, settings)

@@ -1,0 +1,1 @@
+"""Inference: predictions from trained models (fill-mask, task pipelines), serving and export."""
