@@ -104,7 +104,7 @@ def pretrain(settings: PretrainSettings) -> TrainResult:
     if train_data.parallel and settings.whole_word:
         raise ValueError("--whole-word is not available for parallel (TLM) data")
     model = build_model(settings.model, tokenizer, train_data.block_size, seed=settings.seed)
-    vocabulary = MaskingVocabulary.from_tokenizer(tokenizer)
+    vocabulary = MaskingVocabulary.from_tokenizer(tokenizer, position_offset=model.config.position_offset)
     masking = dict(
         mask_prob=settings.mask_prob,
         random_token_prob=settings.random_token_prob,
@@ -119,8 +119,7 @@ def pretrain(settings: PretrainSettings) -> TrainResult:
         validation = BlockDataset(settings.data, "validation", tokenizer=tokenizer)
         # One fixed masking of the validation set (its own seed, epoch 0), so evaluations compare.
         fixed = MaskingCollator(vocabulary, seed=settings.seed + 1, **masking)
-        evaluate = masked_lm_evaluator(validation, fixed, settings.batch_size, settings.validation_samples,
-                                       _position_shift(model, vocabulary))
+        evaluate = masked_lm_evaluator(validation, fixed, settings.batch_size, settings.validation_samples)
     else:
         log.warning("%s has no validation blocks: no validation loss will be computed", settings.data)
 
@@ -138,7 +137,7 @@ def pretrain(settings: PretrainSettings) -> TrainResult:
         settings.output,
         evaluate=evaluate,
         save_extras=tokenizer.save,
-        compute_loss=masked_lm_loss(_position_shift(model, vocabulary)),
+        compute_loss=masked_lm_loss,
         sample_order=sample_order,
     )
 
@@ -250,33 +249,22 @@ def _tokenizer(settings: PretrainSettings) -> Any:
         ) from None
 
 
-def _position_shift(model: nn.Module, vocabulary: Any) -> int:
-    # TLM samples number positions from the tokenizer family's offset; the model may count from another.
-    return model.config.position_offset - vocabulary.position_offset
+def _model_inputs(batch: dict[str, Any]) -> dict[str, Any]:
+    # `language_ids` (TLM batches) stay out: the encoder has no language embeddings (XLM-R drops them too).
+    return {key: batch[key] for key in _MODEL_INPUTS if key in batch}
 
 
-def _model_inputs(batch: dict[str, Any], position_shift: int) -> dict[str, Any]:
-    inputs = {key: batch[key] for key in _MODEL_INPUTS if key in batch}
-    if "position_ids" in inputs and position_shift:
-        inputs["position_ids"] = (inputs["position_ids"] + position_shift).clamp(min=0)
-    return inputs
-
-
-def masked_lm_loss(position_shift: int = 0) -> Callable[[nn.Module, dict[str, Any]], torch.Tensor]:
-    """The loop's `compute_loss` for masked batches: the head runs at masked positions only.
+def masked_lm_loss(model: nn.Module, batch: dict[str, Any]) -> torch.Tensor:
+    """The loop's `compute_loss` for masked batches: the LM head runs at the masked positions only.
 
     Example:
-        >>> loss = masked_lm_loss()(model, collator(samples, indices, epoch))  # doctest: +SKIP
+        >>> loss = masked_lm_loss(model, collator(samples, indices, epoch))  # doctest: +SKIP
     """
-
-    def compute_loss(model: nn.Module, batch: dict[str, Any]) -> torch.Tensor:
-        return model(**_model_inputs(batch, position_shift), labels=batch["labels"]).loss
-
-    return compute_loss
+    return model(**_model_inputs(batch), labels=batch["labels"]).loss
 
 
 def masked_lm_evaluator(
-    dataset: Any, collator: Callable, batch_size: int, max_samples: int = 0, position_shift: int = 0
+    dataset: Any, collator: Callable, batch_size: int, max_samples: int = 0
 ) -> Callable[[nn.Module], dict[str, float]]:
     """An `evaluate` callback: masked-LM loss, perplexity and accuracy on one fixed masking of `dataset`.
 
@@ -301,7 +289,7 @@ def masked_lm_evaluator(
         tokens = 0
         for batch in batches:
             batch = {k: v.to(device) for k, v in batch.items()}
-            logits = model(**_model_inputs(batch, position_shift)).logits  # (masked, vocab)
+            logits = model(**_model_inputs(batch)).logits  # (masked, vocab)
             targets = batch["labels"][batch["masked_positions"]]  # (masked,)
             loss_sum += F.cross_entropy(logits.float(), targets, reduction="sum").double()
             correct += logits.argmax(dim=-1).eq(targets).sum().double()
