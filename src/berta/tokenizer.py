@@ -212,6 +212,23 @@ class Tokenizer:
             return _from_file(path, config)
         return _from_directory(directory, config)
 
+    @classmethod
+    def from_backend(cls, backend: tokenizers.Tokenizer, family: str, special_tokens: SpecialTokens | None = None,
+                     model_max_length: int = _MODEL_MAX_LENGTH) -> Tokenizer:
+        """Wrap a freshly built or trained engine: register the family's special tokens and pair template.
+
+        Example: `Tokenizer.from_backend(tokenizers.Tokenizer(WordPiece(vocab, unk_token="[UNK]")), "bert")`.
+        """
+        special = special_tokens or SpecialTokens.of(family)
+        # RoBERTa's and XLM-R's <mask> swallows the space before it, as fairseq's fill-mask and the published
+        # tokenizer.json files do ("Paris is the <mask>." -> ... "Ġthe", "<mask>", ".").
+        backend.add_special_tokens([
+            AddedToken(token, special=True, normalized=False, lstrip=token == special.mask and family != "bert")
+            for token in special.in_order()
+        ])
+        backend.post_processor = _post_processor(family, backend, special)
+        return cls(backend, family, special, model_max_length)
+
     # ---------------------------------------------------------------- properties
 
     def __len__(self) -> int:
@@ -660,15 +677,7 @@ def _post_processor(family: str, backend: tokenizers.Tokenizer, special: Special
 
 
 def _finish(backend: tokenizers.Tokenizer, family: str, config: dict[str, Any]) -> Tokenizer:
-    special = _config_tokens(config, family)
-    # RoBERTa's and XLM-R's <mask> swallows the space before it, as fairseq's fill-mask and the published
-    # tokenizer.json files do ("Paris is the <mask>." -> ... "Ġthe", "<mask>", ".").
-    backend.add_special_tokens([
-        AddedToken(token, special=True, normalized=False, lstrip=token == special.mask and family != "bert")
-        for token in special.in_order()
-    ])
-    backend.post_processor = _post_processor(family, backend, special)
-    return Tokenizer(backend, family, special, _max_length(config))
+    return Tokenizer.from_backend(backend, family, _config_tokens(config, family), _max_length(config))
 
 
 def _read_lines(path: Path) -> list[str]:
