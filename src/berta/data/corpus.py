@@ -287,8 +287,9 @@ def _encode(tokenizer: Any, sentences: list[str], dtype: str) -> list[np.ndarray
 def _tokenize_shard(job: _Job, tokenizer: Any, output: Path, dtype: str, fraction: float,
                     parallel: bool) -> dict[str, Any]:
     # Byte-level BPE encodes a space as part of the next word ("Ġword"): a document's later sentences get their
-    # leading space back, or packing would glue "night;" and "That" into "night;That".
-    spaced = tokenizer.family == "roberta"
+    # leading space back, or packing would glue "night;" and "That" into "night;That". (A pair's two sides are
+    # separate texts.)
+    spaced = tokenizer.family == "roberta" and not parallel
     sentences = [(" " + s if spaced and k else s) for document in job.documents for k, s in enumerate(document)]
     encoded = _encode(tokenizer, sentences, dtype)
     record: dict[str, Any] = {"index": job.index, "source": job.source, "chunk": job.chunk,
