@@ -7,6 +7,7 @@ import hashlib
 import importlib.util
 import json
 import os
+import pickle
 from pathlib import Path
 
 import numpy as np
@@ -129,6 +130,8 @@ def test_real_text_full_sentences_packs_without_padding(tmp_path: Path, tok: Tok
     assert counts["train"]["tokens"] + counts["validation"]["tokens"] == sum(
         s["splits"][split]["tokens"] for s in manifest["shards"] for split in ("train", "validation"))
     assert counts["train"]["languages"] == {"und": {"documents": len(train), "tokens": counts["train"]["tokens"]}}
+    restored = pickle.loads(pickle.dumps(dataset))  # as a DataLoader worker started by "spawn" gets it
+    assert len(pickle.dumps(dataset)) < 100_000 and np.array_equal(restored[3], blocks[3])
     assert len(BlockDataset(tmp_path / "data", "validation")) == counts["validation"]["blocks"] > 0
 
 

@@ -653,6 +653,7 @@ class BlockDataset:
     def _load(self, manifest: dict[str, Any], verify: bool) -> None:
         split = manifest["splits"][self.split]
         tokens, sentence_offsets, documents, shard_languages = [], [], [], []
+        self._token_files: list[Path | None] = []
         for shard in manifest["shards"]:
             part = shard["splits"][self.split]
             files = {name: self._check_file(info, verify) for name, info in part["files"].items()}
@@ -668,6 +669,7 @@ class BlockDataset:
                                   f"documents; the manifest says {part['tokens']}, {part['sentences']}, "
                                   f"{part['documents']}")
             tokens.append(array)
+            self._token_files.append(files["tokens"] if part["tokens"] else None)
             sentence_offsets.append(np.diff(sentences))
             documents.append(np.diff(document_offsets))
             shard_languages.append(np.full(part["documents"], self._language_index(shard["language"])))
@@ -682,6 +684,8 @@ class BlockDataset:
         self._sentence_starts = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)  # (sentences + 1,)
         document_sentence_starts = np.concatenate([[0], np.cumsum(per_document)]).astype(np.int64)
         self._document_starts = self._sentence_starts[document_sentence_starts]  # (documents + 1,) token offsets
+        # where each document starts in the virtual stream (one separator after each earlier document)
+        self._document_virtual_starts = self._document_starts[:-1] + np.arange(len(per_document))  # (documents,)
         self._document_languages = np.concatenate(shard_languages) if shard_languages else np.zeros(0, np.int64)
         blocks_path = self._check_file(split["blocks_file"], verify)
         self._blocks = np.load(blocks_path)
@@ -713,8 +717,7 @@ class BlockDataset:
         """
         if self.parallel:
             return np.zeros(len(self), dtype=np.int64)
-        document_virtual_starts = self._document_starts[:-1] + np.arange(len(self._document_starts) - 1)
-        documents = np.searchsorted(document_virtual_starts, self._blocks[:, 0], side="right") - 1
+        documents = np.searchsorted(self._document_virtual_starts, self._blocks[:, 0], side="right") - 1
         return self._document_languages[documents].astype(np.int64)
 
     def _token_range(self, start: int, end: int) -> np.ndarray:
@@ -734,9 +737,8 @@ class BlockDataset:
         Example: `dataset.block(0)`.
         """
         begin, end = (int(v) for v in self._blocks[index])
-        document_virtual_starts = self._document_starts[:-1] + np.arange(len(self._document_starts) - 1)
-        first = int(np.searchsorted(document_virtual_starts, begin, side="right")) - 1
-        last = int(np.searchsorted(document_virtual_starts, end, side="left"))  # documents [first, last) overlap
+        first = int(np.searchsorted(self._document_virtual_starts, begin, side="right")) - 1
+        last = int(np.searchsorted(self._document_virtual_starts, end, side="left"))  # documents [first, last) overlap
         # the separator after document d sits at virtual position document_starts[d + 1] + d
         separators = self._document_starts[first + 1: last + 1] + np.arange(first, last)
         separators = separators[(separators >= begin) & (separators < end)] - begin
@@ -763,6 +765,17 @@ class BlockDataset:
         source = self._token_range(int(self._sentence_starts[sentence]), int(self._sentence_starts[sentence + 1]))
         target = self._token_range(int(self._sentence_starts[sentence + 1]), int(self._sentence_starts[sentence + 2]))
         return pair_sample(source, target, self.cls_id, self.sep_id, self.family, self.block_size, languages=(0, 1))
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Pickling a memmap copies its data; a DataLoader worker started by "spawn" reopens the files instead.
+        state = dict(self.__dict__)
+        state["_tokens"] = None
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._tokens = [np.memmap(path, dtype=self.dtype, mode="r") if path is not None else np.zeros(0, self.dtype)
+                        for path in self._token_files]
 
     def __repr__(self) -> str:
         return (f"BlockDataset({str(self.data_dir)!r}, split={self.split!r}, samples={len(self)}, "
