@@ -43,7 +43,7 @@ VERSION = 1
 UNDETERMINED_LANGUAGE = "und"  # ISO 639-2 "undetermined", for files given no language
 _JSONL_SUFFIXES = (".jsonl", ".ndjson")
 _CHECKSUM_CHUNK = 1 << 23
-_ENCODE_BATCH = 4096
+_ENCODE_CHARACTERS = 1 << 20
 
 
 class CorpusError(ValueError):
@@ -276,11 +276,18 @@ def in_validation(document: Sequence[str], fraction: float) -> bool:
 
 
 def _encode(tokenizer: Any, sentences: list[str], dtype: str) -> list[np.ndarray]:
-    # In batches, each turned into arrays at once: a whole shard's `Encoding` objects would take ~100 bytes a token.
-    arrays = []
-    for start in range(0, len(sentences), _ENCODE_BATCH):
-        batch = tokenizer.backend.encode_batch_fast(sentences[start: start + _ENCODE_BATCH], add_special_tokens=False)
+    # In batches of about _ENCODE_CHARACTERS, each turned into arrays at once: `Encoding` objects take ~100 bytes
+    # a token, so a whole shard's would take gigabytes.
+    arrays: list[np.ndarray] = []
+    start = 0
+    while start < len(sentences):
+        stop, size = start, 0
+        while stop < len(sentences) and (stop == start or size + len(sentences[stop]) <= _ENCODE_CHARACTERS):
+            size += len(sentences[stop])
+            stop += 1
+        batch = tokenizer.backend.encode_batch_fast(sentences[start:stop], add_special_tokens=False)
         arrays.extend(np.array(e.ids, dtype=dtype) for e in batch)
+        start = stop
     return arrays
 
 
