@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import io
 import json
 import multiprocessing
 import os
@@ -33,6 +34,8 @@ from pathlib import Path
 from typing import IO, Any
 
 import numpy as np
+
+from berta.tokenizer import Tokenizer
 
 BREAK_MODES = ("full-sentences", "doc-sentences", "complete", "line")
 DOCUMENT_SEPARATORS = ("newline", "blank-line")
@@ -256,8 +259,6 @@ def _write_atomic(path: Path, data: bytes) -> dict[str, Any]:
 
 
 def _npy_bytes(array: np.ndarray) -> bytes:
-    import io
-
     buffer = io.BytesIO()
     np.save(buffer, array, allow_pickle=False)
     return buffer.getvalue()
@@ -275,7 +276,7 @@ def in_validation(document: Sequence[str], fraction: float) -> bool:
     return int.from_bytes(digest, "little") / 2**64 < fraction
 
 
-def _encode(tokenizer: Any, sentences: list[str], dtype: str) -> list[np.ndarray]:
+def _encode(tokenizer: Tokenizer, sentences: list[str], dtype: str) -> list[np.ndarray]:
     # In batches of about _ENCODE_CHARACTERS, each turned into arrays at once: `Encoding` objects take ~100 bytes
     # a token, so a whole shard's would take gigabytes.
     arrays: list[np.ndarray] = []
@@ -291,7 +292,7 @@ def _encode(tokenizer: Any, sentences: list[str], dtype: str) -> list[np.ndarray
     return arrays
 
 
-def _tokenize_shard(job: _Job, tokenizer: Any, output: Path, dtype: str, fraction: float,
+def _tokenize_shard(job: _Job, tokenizer: Tokenizer, output: Path, dtype: str, fraction: float,
                     parallel: bool) -> dict[str, Any]:
     # Byte-level BPE encodes a space as part of the next word ("Ġword"): a document's later sentences get their
     # leading space back, or packing would glue "night;" and "That" into "night;That". (A pair's two sides are
@@ -354,8 +355,6 @@ _WORKER: dict[str, Any] = {}
 def _worker_start(tokenizer_name: str, arguments: tuple) -> None:
     # One thread per process: the pool already uses the cores, and tokenizers' own threads would oversubscribe.
     os.environ["RAYON_NUM_THREADS"] = "1"
-    from berta.tokenizer import Tokenizer
-
     _WORKER["tokenizer"] = Tokenizer.from_pretrained(tokenizer_name)
     _WORKER["arguments"] = arguments
 
@@ -479,8 +478,6 @@ def prepare(settings: PrepareSettings) -> dict[str, Any]:
 
     Example: `prepare(PrepareSettings(files=[Path("book.txt")], tokenizer="roberta", output=Path("data")))`.
     """
-    from berta.tokenizer import Tokenizer
-
     _check_settings(settings)
     output = Path(settings.output)
     tokenizer = Tokenizer.from_pretrained(settings.tokenizer)
@@ -545,7 +542,7 @@ def _remove_stale_shards(output: Path, count: int) -> None:
             path.unlink()
 
 
-def _write_index(settings: PrepareSettings, tokenizer: Any, dtype: str, records: list[dict[str, Any]],
+def _write_index(settings: PrepareSettings, tokenizer: Tokenizer, dtype: str, records: list[dict[str, Any]],
                  output: Path) -> dict[str, Any]:
     languages = list(settings.languages) if settings.parallel else sorted({r["language"] for r in records})
     splits: dict[str, Any] = {}
@@ -608,7 +605,7 @@ class BlockDataset:
         >>> len(dataset), dataset[0][:4]
     """
 
-    def __init__(self, data_dir: str | Path, split: str = "train", tokenizer: Any = None,
+    def __init__(self, data_dir: str | Path, split: str = "train", tokenizer: Tokenizer | None = None,
                  verify_checksums: bool = True) -> None:
         self.data_dir = Path(data_dir)
         self.split = split
