@@ -219,25 +219,36 @@ def test_sigkill_then_resume_gives_the_same_losses(tmp_path: Path) -> None:
 
 # -- DDP: two gloo processes == one process with the same global batch -----------------------------------
 
-DDP_SETTINGS = dict(batch_size=4, grad_accum=2, max_steps=4, save_every=0, max_grad_norm=1.0, device="cpu")
+DDP_SETTINGS = dict(batch_size=4, grad_accum=2, max_steps=4, save_every=2, max_grad_norm=1.0, device="cpu")
 
 
-def test_ddp_two_processes_equal_one(tmp_path: Path) -> None:
+@pytest.fixture(scope="module")
+def one_process(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, dict]:
+    """Weights and losses of one process with the global batch of two (batch 8 instead of 4)."""
+    torch.set_num_threads(1)
+    run = tmp_path_factory.mktemp("single")
+    model = toy_model()
+    train(model, quiet(**{**DDP_SETTINGS, "batch_size": 8}), toy_data(), toy_collate, run)
+    return weights(model), losses(run)
+
+
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
+def test_two_gloo_processes_equal_one(strategy: str, one_process, tmp_path: Path) -> None:
     torch.set_num_threads(1)
     command = [
-        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
-        __file__, "ddp", str(tmp_path / "ddp"),
+        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+        "29533" if strategy == "ddp" else "29534", __file__, strategy, str(tmp_path / strategy),
     ]
     environment = dict(os.environ, OMP_NUM_THREADS="1")
     finished = subprocess.run(command, cwd=ROOT, env=environment, capture_output=True, text=True, timeout=120)
     assert finished.returncode == 0, finished.stderr[-3000:]
-
-    single = toy_model()
-    train(single, quiet(**{**DDP_SETTINGS, "batch_size": 8}), toy_data(), toy_collate, tmp_path / "single")
-    assert_same_weights(weights(berta.load(tmp_path / "ddp" / "model")), weights(single), 1e-6)
-    ddp_losses, single_losses = losses(tmp_path / "ddp"), losses(tmp_path / "single")
+    single_weights, single_losses = one_process
+    assert_same_weights(weights(berta.load(tmp_path / strategy / "model")), single_weights, 1e-6)
+    distributed_losses = losses(tmp_path / strategy)
+    assert sorted(distributed_losses) == sorted(single_losses) == [1, 2, 3, 4]
     for step in single_losses:
-        assert abs(ddp_losses[step] - single_losses[step]) <= 1e-6
+        assert abs(distributed_losses[step] - single_losses[step]) <= 1e-6
+    assert [p.name for p in loop.checkpoints(tmp_path / strategy)] == ["step-0000002", "step-0000004"]
 
 
 # -- checkpoints, best model, early stopping, logs -------------------------------------------------------
@@ -285,5 +296,5 @@ if __name__ == "__main__":
     if mode == "hang":
         collate = _hanging_collate(Path(sys.argv[3]), hang_at_call=7)
         train(toy_model(dropout=0.1), quiet(**RESUME_SETTINGS), toy_data(), collate, output)
-    elif mode == "ddp":
-        train(toy_model(), quiet(**DDP_SETTINGS), toy_data(), toy_collate, output)
+    else:
+        train(toy_model(), quiet(**DDP_SETTINGS, distributed=mode), toy_data(), toy_collate, output)

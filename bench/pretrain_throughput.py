@@ -1,0 +1,320 @@
+"""Pretraining step throughput: berta against `transformers`, on the same config, data and batch.
+
+berta's step: `MaskingCollator` (dynamic 15% masking) -> `MaskedLM` with the LM head at the masked positions
+only -> backward -> AdamW (the loop's `build_optimizer`). The reference step: `DataCollatorForLanguageModeling`
+(15%) -> `RobertaForMaskedLM` (sdpa attention; the LM head scores every position) -> backward -> `torch.optim.AdamW`.
+Both collate the same packed blocks (full-length samples, no padding, as pretraining blocks are) each step, and
+the two steps alternate in one process, so load on a shared machine hits both alike; medians are reported.
+
+Also reported, per implementation:
+- the share of the step spent in the LM head: its forward + backward timed alone on the step's head input
+  (masked rows for berta, every row for transformers), divided by the step time;
+- model-FLOPs utilisation: the FLOPs each implementation performs per step (matmuls of the encoder, attention
+  and its own LM head, x3 for forward + backward) per second, over a measured peak (a large fp32 matmul);
+- peak memory of a step (one extra, untimed step each): `torch.cuda.max_memory_allocated` on GPU; on CPU the
+  peak resident-set growth during the step (sampled every 0.5 ms from /proc/self/statm).
+
+    .venv/bin/python -P bench/pretrain_throughput.py                    # small and roberta-base configs
+    .venv/bin/python -P bench/pretrain_throughput.py --configs small --steps 10 --output small.json
+
+(`-P` keeps bench/ off the import path: a file there named like a standard module would shadow it.)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import tempfile
+import threading
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import berta
+from berta.data.masking import MaskingCollator, MaskingVocabulary
+from berta.tokenizer import Tokenizer
+from berta.train.loop import TrainSettings, build_optimizer
+from berta.train.pretrain import masked_lm_loss
+
+ASSETS = Path(berta.__file__).parent / "assets" / "gpt2-bpe"
+VOCAB_SIZE = 50265  # roberta-base's vocabulary (fairseq dict.txt), for both configs
+MASK_PROB = 0.15
+CONFIGS = {
+    # name: (layers, hidden, heads, intermediate, sequence length, batch size)
+    "small": (4, 256, 4, 1024, 128, 32),
+    "roberta-base": (12, 768, 12, 3072, 128, 8),
+}
+
+
+@dataclass
+class Measurement:
+    step_seconds: list[float]
+    head_seconds: float
+    peak_bytes: int
+    flops_per_step: float
+
+
+def fairseq_tokenizer(directory: Path) -> Tokenizer:
+    """GPT-2 BPE in fairseq's id layout (<s>=0, <pad>=1, </s>=2, <unk>=3), RoBERTa's; saved for transformers."""
+    source = directory / "bpe"
+    source.mkdir()
+    shutil.copy(ASSETS / "vocab.json", source)
+    shutil.copy(ASSETS / "merges.txt", source)
+    (source / "dict.txt").write_text("".join(f"{i} 1\n" for i in range(50257)))
+    tokenizer = Tokenizer.from_pretrained(source)
+    tokenizer.save(directory / "tokenizer")
+    return tokenizer
+
+
+def blocks(count: int, length: int, tokenizer: Tokenizer, seed: int = 0) -> list[np.ndarray]:
+    """Full-length packed samples `<s> ... </s>` of random non-special tokens."""
+    generator = np.random.default_rng(seed)
+    rows = generator.integers(4, len(tokenizer) - 1, size=(count, length))
+    rows[:, 0], rows[:, -1] = tokenizer.cls_id, tokenizer.sep_id
+    return list(rows)
+
+
+class PeakMemory:
+    """Peak memory of a block of code: CUDA's allocator peak, or sampled resident-set growth on CPU."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.peak = 0
+
+    def __enter__(self) -> PeakMemory:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats(self.device)
+            self.base = torch.cuda.memory_allocated(self.device)
+            return self
+        self.base = self._rss()
+        self.peak = self.base
+        self.running = True
+        self.thread = threading.Thread(target=self._sample, daemon=True)
+        self.thread.start()
+        return self
+
+    def _rss(self) -> int:
+        with open("/proc/self/statm") as handle:
+            return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+    def _sample(self) -> None:
+        while self.running:
+            self.peak = max(self.peak, self._rss())
+            time.sleep(0.0005)
+
+    def __exit__(self, *exc) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+            self.peak = torch.cuda.max_memory_allocated(self.device) - self.base
+        else:
+            self.running = False
+            self.thread.join()
+            self.peak = max(self.peak, self._rss()) - self.base
+
+
+def encoder_flops(layers: int, hidden: int, intermediate: int, seq: int, tokens: int) -> float:
+    """Forward matmul FLOPs of the encoder layers for `tokens` tokens in sequences of `seq`."""
+    per_token = 2 * (4 * hidden * hidden + 2 * hidden * intermediate) + 2 * 2 * seq * hidden
+    return float(layers * per_token * tokens)
+
+
+def head_flops(hidden: int, vocab: int, rows: int) -> float:
+    """Forward FLOPs of the LM head (dense + decoder) on `rows` scored tokens."""
+    return float(2 * (hidden * hidden + hidden * vocab) * rows)
+
+
+def matmul_peak(device: torch.device, size: int = 2048, repeats: int = 10) -> float:
+    """Measured fp32 matmul FLOP/s: the best of `repeats` size x size products."""
+    a = torch.randn(size, size, device=device)
+    b = torch.randn(size, size, device=device)
+    best = float("inf")
+    for _ in range(repeats + 2):
+        _sync(device)
+        start = time.perf_counter()
+        a @ b
+        _sync(device)
+        best = min(best, time.perf_counter() - start)
+    return 2 * size**3 / best
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def _timed(function: Callable[[], None], device: torch.device) -> float:
+    _sync(device)
+    start = time.perf_counter()
+    function()
+    _sync(device)
+    return time.perf_counter() - start
+
+
+def build(name: str, tokenizer: Tokenizer, hf_tokenizer, device: torch.device, seed: int = 0):
+    from transformers import DataCollatorForLanguageModeling, RobertaConfig, RobertaForMaskedLM
+
+    layers, hidden, heads, intermediate, seq, batch_size = CONFIGS[name]
+    config = berta.EncoderConfig.preset("roberta-base").replace(
+        vocab_size=VOCAB_SIZE, hidden_size=hidden, num_layers=layers, num_heads=heads, intermediate_size=intermediate
+    )
+    torch.manual_seed(seed)
+    ours = berta.create(config, "masked-lm").to(device).train()
+    settings = TrainSettings(lr=1e-4)
+    our_optimizer = build_optimizer(ours, settings)
+    collator = MaskingCollator(MaskingVocabulary.from_tokenizer(tokenizer), mask_prob=MASK_PROB, seed=seed)
+
+    reference_config = RobertaConfig(
+        vocab_size=VOCAB_SIZE, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
+        intermediate_size=intermediate, max_position_embeddings=514, type_vocab_size=1, pad_token_id=1,
+        bos_token_id=0, eos_token_id=2, layer_norm_eps=1e-5,
+    )
+    torch.manual_seed(seed)
+    reference = RobertaForMaskedLM._from_config(reference_config, attn_implementation="sdpa").to(device).train()
+    no_decay = [p for n, p in reference.named_parameters() if "bias" in n or "LayerNorm" in n or "layer_norm" in n]
+    decay = [p for n, p in reference.named_parameters() if not any(p is q for q in no_decay)]
+    reference_optimizer = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": 0.01}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=1e-4, betas=(0.9, 0.98), eps=1e-6,
+    )
+    reference_collator = DataCollatorForLanguageModeling(hf_tokenizer, mlm_probability=MASK_PROB, seed=seed)
+
+    samples = blocks(batch_size * 8, seq, tokenizer, seed)
+    state = {"k": 0}
+
+    def next_samples() -> tuple[list[np.ndarray], list[int]]:
+        start = (state["k"] * batch_size) % len(samples)
+        indices = list(range(start, start + batch_size))
+        return [samples[i] for i in indices], indices
+
+    def our_step() -> None:
+        chosen, indices = next_samples()
+        batch = {k: v.to(device) for k, v in collator(chosen, indices, 0).items()}
+        loss = masked_lm_loss(ours, batch)
+        loss.backward()
+        our_optimizer.step()
+        our_optimizer.zero_grad(set_to_none=True)
+
+    def reference_step() -> None:
+        chosen, _ = next_samples()
+        features = [{"input_ids": row.tolist(), "attention_mask": [1] * len(row)} for row in chosen]
+        batch = {k: v.to(device) for k, v in reference_collator(features).items()}
+        loss = reference(**batch).loss
+        loss.backward()
+        reference_optimizer.step()
+        reference_optimizer.zero_grad(set_to_none=True)
+
+    tokens = batch_size * seq
+    masked = int(round(MASK_PROB * (seq - 2))) * batch_size  # MaskingCollator's count (special tokens never)
+
+    def our_head() -> None:
+        hidden_rows = torch.randn(masked, hidden, device=device, requires_grad=True)
+        targets = torch.randint(0, VOCAB_SIZE, (masked,), device=device)
+        logits = ours.head(hidden_rows, ours.encoder.embeddings.words.weight)
+        torch.nn.functional.cross_entropy(logits.float(), targets).backward()
+
+    def reference_head() -> None:
+        hidden_grid = torch.randn(batch_size, seq, hidden, device=device, requires_grad=True)
+        targets = torch.randint(0, VOCAB_SIZE, (batch_size * seq,), device=device)
+        targets[torch.rand(batch_size * seq, device=device) > MASK_PROB] = -100
+        logits = reference.lm_head(hidden_grid)
+        torch.nn.functional.cross_entropy(logits.view(-1, VOCAB_SIZE), targets).backward()
+
+    body = encoder_flops(layers, hidden, intermediate, seq, tokens)
+    flops = {
+        "berta": 3 * (body + head_flops(hidden, VOCAB_SIZE, masked)),
+        "transformers": 3 * (body + head_flops(hidden, VOCAB_SIZE, tokens)),
+    }
+    steps = {"berta": our_step, "transformers": reference_step}
+    heads = {"berta": our_head, "transformers": reference_head}
+
+    def advance() -> None:
+        state["k"] += 1
+
+    return steps, heads, flops, tokens, advance
+
+
+def run(name: str, tokenizer: Tokenizer, hf_tokenizer, device: torch.device, steps: int, warmup: int,
+        peak: float) -> dict:
+    step_functions, head_functions, flops, tokens, advance = build(name, tokenizer, hf_tokenizer, device)
+    results = {key: Measurement([], 0.0, 0, flops[key]) for key in step_functions}
+    for _ in range(warmup):
+        for function in step_functions.values():
+            function()
+        advance()
+    order = list(step_functions)
+    for repeat in range(steps):
+        for key in order if repeat % 2 == 0 else reversed(order):  # alternate who goes first
+            results[key].step_seconds.append(_timed(step_functions[key], device))
+        advance()
+    for key, function in step_functions.items():  # memory apart: the CPU sampler would slow the timed steps
+        with PeakMemory(device) as memory:
+            function()
+        results[key].peak_bytes = memory.peak
+    for key, function in head_functions.items():
+        function()  # warm-up
+        results[key].head_seconds = statistics.median(_timed(function, device) for _ in range(3))
+    summary = {}
+    for key, measurement in results.items():
+        step = statistics.median(measurement.step_seconds)
+        summary[key] = {
+            "step_s": step,
+            "tokens_per_s": tokens / step,
+            "lm_head_share": measurement.head_seconds / step,
+            "mfu": measurement.flops_per_step / step / peak,
+            "peak_memory_mb": measurement.peak_bytes / 2**20,
+        }
+    summary["speedup"] = summary["berta"]["tokens_per_s"] / summary["transformers"]["tokens_per_s"]
+    layers, hidden, heads, intermediate, seq, batch_size = CONFIGS[name]
+    summary["shape"] = {"layers": layers, "hidden": hidden, "heads": heads, "intermediate": intermediate,
+                        "seq": seq, "batch_size": batch_size, "vocab": VOCAB_SIZE, "steps": steps}
+    return summary
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
+    parser.add_argument("--steps", type=int, default=0, help="measured steps per implementation (0: 10 small, 3 base)")
+    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--output", type=Path, help="write the results as JSON here")
+    args = parser.parse_args()
+    warnings.filterwarnings("ignore")
+    device = torch.device(args.device)
+    from transformers import AutoTokenizer
+
+    results = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else
+               f"cpu, {torch.get_num_threads()} threads", "torch": torch.__version__}
+    with tempfile.TemporaryDirectory() as scratch:
+        tokenizer = fairseq_tokenizer(Path(scratch))
+        hf_tokenizer = AutoTokenizer.from_pretrained(Path(scratch) / "tokenizer")
+        peak = matmul_peak(device)
+        results["matmul_peak_tflops"] = peak / 1e12
+        print(f"device: {results['device']}; measured fp32 matmul peak {peak / 1e9:.1f} GFLOP/s")
+        for name in args.configs:
+            steps = args.steps or (10 if name == "small" else 3)
+            summary = run(name, tokenizer, hf_tokenizer, device, steps, args.warmup, peak)
+            results[name] = summary
+            shape = summary["shape"]
+            print(f"\n{name}: {shape['layers']} layers, hidden {shape['hidden']}, vocab {shape['vocab']}, "
+                  f"seq {shape['seq']}, batch {shape['batch_size']}, fp32, median of {steps} steps")
+            print(f"  {'':<13}{'tokens/s':>10}{'step s':>9}{'LM head':>9}{'MFU':>8}{'peak MB':>9}")
+            for key in ("berta", "transformers"):
+                row = summary[key]
+                print(f"  {key:<13}{row['tokens_per_s']:>10.0f}{row['step_s']:>9.3f}{row['lm_head_share']:>9.1%}"
+                      f"{row['mfu']:>8.1%}{row['peak_memory_mb']:>9.0f}")
+            print(f"  speedup: {summary['speedup']:.2f}x")
+    if args.output:
+        args.output.write_text(json.dumps(results, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
