@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from berta.data.readers import TextExample
-from berta.tasks import BucketedBatches, collate_inputs, length_batches
+from berta.tasks import bucketed_order, collate_inputs, length_batches
 from berta.tasks.classification import MULTI_LABEL, REGRESSION, SINGLE_LABEL, ClassificationTask, infer_problem_type
 from berta.tokenizer import Tokenizer
 
@@ -99,14 +99,15 @@ def test_missing_column_names_the_file(tmp_path, bert):
 def test_padding_and_length_bucketing():
     batch = collate_inputs([{"input_ids": [5, 1, 6]}, {"input_ids": [7]}], pad_id=1)
     assert batch["attention_mask"].tolist() == [[1, 1, 1], [1, 0, 0]]  # a pad id inside a text stays visible
-    lengths = [i % 17 + 1 for i in range(300)]
-    batches = length_batches(lengths, batch_size=8, shuffle=True, seed=3, pool=4)
-    assert sorted(i for b in batches for i in b) == list(range(300))
-    assert batches == length_batches(lengths, batch_size=8, shuffle=True, seed=3, pool=4)
-    assert batches != length_batches(lengths, batch_size=8, shuffle=True, seed=4, pool=4)
+    lengths = [i % 17 + 1 for i in range(301)]
+    order = bucketed_order(lengths, batch_size=8, seed=3, epoch=0, pool=10)
+    assert sorted(order) == list(range(301))
+    assert order == bucketed_order(lengths, batch_size=8, seed=3, epoch=0, pool=10)
+    assert order != bucketed_order(lengths, batch_size=8, seed=3, epoch=1, pool=10)  # a new order every epoch
+    batches = [order[i : i + 8] for i in range(0, 296, 8)]  # the loop's slices: full batches only
     spread = sum(max(lengths[i] for i in b) - min(lengths[i] for i in b) for b in batches) / len(batches)
-    assert spread < 4  # pools sorted by length: little padding
-    features = [{"input_ids": [0] * n} for n in lengths]
-    epochs = BucketedBatches(features, lambda f: collate_inputs(f, 1), batch_size=8, seed=0)
-    first, second = [b["input_ids"].shape for b in epochs], [b["input_ids"].shape for b in epochs]
-    assert len(first) == len(epochs) == 38 and first != second  # a new order every epoch
+    assert spread < 2  # pools sorted by length: little padding
+    unsorted = sum(max(lengths[i] for i in b) - min(lengths[i] for i in b) for b in
+                   [list(range(i, i + 8)) for i in range(0, 296, 8)]) / 37
+    assert unsorted > 3 * spread
+    assert length_batches([5, 1, 4, 2], 2) == [[1, 3], [2, 0]]

@@ -28,6 +28,8 @@ JOBS: dict[tuple[str, ...], str] = {
     ("fill-mask",): "berta.inference.fill_mask:fill_mask",
     ("prepare",): "berta.data.corpus:prepare",
     ("tokenizer", "train"): "berta.tokenizer_train:train_tokenizer",
+    ("finetune",): "berta.train.finetune:finetune",
+    ("evaluate",): "berta.train.finetune:evaluate",
 }
 
 

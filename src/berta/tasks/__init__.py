@@ -13,13 +13,16 @@ Every task class has the same methods, which `berta.train.finetune` calls in thi
 - `score(examples, predictions)` -> metric name -> value, with `number` (examples scored)
 - `records(examples, predictions)` -> the rows of `predictions.jsonl`
 
-The pieces here are shared: padding a batch, length-bucketed batching, and running a model over features.
+`predict` is `featurize` + `run_model` + `decode(examples, features, rows)`; training jobs call the three
+themselves to featurize a validation set once and get its loss in the same pass.
+
+The pieces here are shared: padding a batch, length-bucketed batch orders, and running a model over features.
 """
 
 from __future__ import annotations
 
 import random
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -60,75 +63,45 @@ def collate_inputs(features: Sequence[dict[str, Any]], pad_id: int) -> dict[str,
     return batch
 
 
-def length_batches(
-    lengths: Sequence[int], batch_size: int, shuffle: bool, seed: int = 0, pool: int = 50
-) -> list[list[int]]:
-    """Index batches of similar lengths, so padded batches waste little work.
-
-    With `shuffle`, indices are shuffled, cut into pools of `pool` batches, each pool sorted by length and
-    cut into batches, and the batches shuffled again: every epoch (seed) gives another order, the same
-    seed the same order. Without `shuffle`, all indices are sorted by length (inference).
+def length_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
+    """Index batches in order of length, for inference: each batch pads to nearly its own length.
 
     Example:
-        >>> length_batches([5, 1, 4, 2], batch_size=2, shuffle=False)
+        >>> length_batches([5, 1, 4, 2], batch_size=2)
         [[1, 3], [2, 0]]
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    indices = list(range(len(lengths)))
-    if not shuffle:
-        indices.sort(key=lambda i: lengths[i])
-        return [indices[i : i + batch_size] for i in range(0, len(indices), batch_size)]
-    generator = random.Random(seed)
-    generator.shuffle(indices)
-    batches = []
-    step = batch_size * pool
-    for start in range(0, len(indices), step):
-        chunk = sorted(indices[start : start + step], key=lambda i: lengths[i])
-        batches.extend(chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size))
-    generator.shuffle(batches)
-    return batches
+    indices = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    return [indices[i : i + batch_size] for i in range(0, len(indices), batch_size)]
 
 
-class BucketedBatches:
-    """An iterable of training batches: length-bucketed, reshuffled every epoch from (seed, epoch).
+def bucketed_order(lengths: Sequence[int], batch_size: int, seed: int, epoch: int, pool: int = 50) -> list[int]:
+    """A training order whose consecutive runs of `batch_size` indices have similar lengths.
+
+    The indices are shuffled from (seed, epoch), cut into pools of `pool` batches, each pool sorted by length
+    and cut into batches; the full batches are shuffled and the one partial batch goes last (where the loop
+    drops it). The same (seed, epoch) always gives the same order. This is the `sample_order` the training
+    loop takes: it slices the order into batches of `batch_size`, so every batch is one bucket.
 
     Example:
-        >>> batches = BucketedBatches(features, task.collate, batch_size=32, seed=0)  # doctest: +SKIP
-        >>> for batch in batches: model(**batch).loss.backward()  # doctest: +SKIP
+        >>> order = bucketed_order([3, 9, 4, 8], batch_size=2, seed=1, epoch=0)
+        >>> sorted(order[:2]) in ([0, 2], [1, 3])
+        True
     """
-
-    def __init__(
-        self,
-        features: Sequence[dict[str, Any]],
-        collate: Callable[[Sequence[dict[str, Any]]], dict[str, torch.Tensor]],
-        batch_size: int,
-        seed: int = 0,
-    ):
-        if not features:
-            raise ValueError("no training features: the training file gave no examples")
-        self.features = features
-        self.collate = collate
-        self.batch_size = batch_size
-        self.seed = seed
-        self.epoch = 0
-        self._lengths = [len(f["input_ids"]) for f in features]
-
-    def __len__(self) -> int:
-        return -(-len(self.features) // self.batch_size)
-
-    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
-        # Each pass is a new epoch with its own order; the order depends only on (seed, epoch).
-        order = length_batches(self._lengths, self.batch_size, shuffle=True, seed=self.seed * 100_003 + self.epoch)
-        self.epoch += 1
-        for indices in order:
-            yield self.collate([self.features[i] for i in indices])
-
-
-def model_inputs(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
-    """The tensors of `batch` that the model's forward takes as inputs (labels dropped), on `device`."""
-    names = ("input_ids", "attention_mask", "token_type_ids")
-    return {name: batch[name].to(device) for name in names if name in batch}
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    generator = random.Random(seed * 1_000_003 + epoch)
+    indices = list(range(len(lengths)))
+    generator.shuffle(indices)
+    step = batch_size * pool
+    pooled = []
+    for start in range(0, len(indices), step):
+        pooled.extend(sorted(indices[start : start + step], key=lambda i: lengths[i]))
+    batches = [pooled[i : i + batch_size] for i in range(0, len(pooled), batch_size)]
+    full = [b for b in batches if len(b) == batch_size]
+    generator.shuffle(full)
+    return [i for batch in full + [b for b in batches if len(b) < batch_size] for i in batch]
 
 
 def run_model(
@@ -138,14 +111,16 @@ def run_model(
     outputs: Sequence[str],
     batch_size: int = 64,
     per_token: bool = False,
-) -> list[dict[str, np.ndarray]]:
-    """Run `model` over features in length-sorted batches; per feature, the named outputs as float32 arrays.
+) -> tuple[list[dict[str, np.ndarray]], float | None]:
+    """Run `model` over features in length-sorted batches: per feature the named outputs as float32 arrays,
+    and the mean loss when the features carry labels (else None).
 
     `per_token` outputs ((batch, seq, ...) tensors such as token logits) are cut to each feature's length.
-    The model is put in eval mode; results come back in the order of `features`.
+    The loss is averaged over labelled units: tokens with a label for token tasks, examples otherwise. The
+    model is put in eval mode; results come back in the order of `features`.
 
     Example:
-        >>> rows = run_model(model, features, task.collate, ["logits"])  # doctest: +SKIP
+        >>> rows, loss = run_model(model, features, task.collate, ["logits"])  # doctest: +SKIP
         >>> rows[0]["logits"].shape
         (2,)
     """
@@ -153,16 +128,22 @@ def run_model(
     device = next(model.parameters()).device
     results: list[dict[str, np.ndarray] | None] = [None] * len(features)
     lengths = [len(f["input_ids"]) for f in features]
+    loss_sum, units = 0.0, 0
     with torch.inference_mode():
-        for indices in length_batches(lengths, batch_size, shuffle=False):
-            batch = collate([features[i] for i in indices])
-            output = model(**model_inputs(batch, device))
+        for indices in length_batches(lengths, batch_size):
+            batch = {name: value.to(device) for name, value in collate([features[i] for i in indices]).items()}
+            output = model(**batch)
+            if getattr(output, "loss", None) is not None:
+                labels = batch.get("labels")
+                per_token_labels = labels is not None and labels.dim() > 1 and not labels.is_floating_point()
+                count = int(labels.ne(-100).sum()) if per_token_labels else len(indices)
+                loss_sum, units = loss_sum + float(output.loss) * count, units + count
             values = {name: getattr(output, name).float().cpu().numpy() for name in outputs}
             for row, index in enumerate(indices):
                 results[index] = {
                     name: value[row, : lengths[index]] if per_token else value[row] for name, value in values.items()
                 }
-    return results  # type: ignore[return-value]
+    return results, (loss_sum / units if units else None)  # type: ignore[return-value]
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:

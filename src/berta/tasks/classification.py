@@ -60,6 +60,7 @@ class ClassificationTask:
     """
 
     name = "classification"
+    outputs, per_token = ("logits",), False
 
     def __init__(
         self,
@@ -161,7 +162,14 @@ class ClassificationTask:
     def predict(self, model: nn.Module, examples: Sequence[TextExample], batch_size: int = 64) -> list[dict]:
         """Per example: `label` and `probabilities` (multi-class), `labels` and `probabilities` (multi-label)
         or `value` (regression)."""
-        rows = run_model(model, self.featurize(examples), self.collate, ["logits"], batch_size)
+        features = self.featurize([TextExample(e.text, e.text_pair, None, e.path, e.line) for e in examples])
+        rows, _ = run_model(model, features, self.collate, self.outputs, batch_size)
+        return self.decode(examples, features, rows)
+
+    def decode(
+        self, examples: Sequence[TextExample], features: Sequence[dict], rows: Sequence[dict[str, np.ndarray]]
+    ) -> list[dict]:
+        """Predictions from the model's logits for each feature (one feature per example)."""
         names = self.id2label
         predictions = []
         for row in rows:

@@ -38,6 +38,7 @@ class QATask:
     """
 
     name = "qa"
+    outputs, per_token = ("start_logits", "end_logits"), True
 
     def __init__(
         self,
@@ -125,7 +126,13 @@ class QATask:
         """Per question: `answer` ("" = no answer), `best_span` with its `start`/`end` characters and `score`,
         `no_answer_score` (null score - best span score) and the `n_best` spans."""
         features = self.featurize(examples, labelled=False)
-        rows = run_model(model, features, self.collate, ["start_logits", "end_logits"], batch_size, per_token=True)
+        rows, _ = run_model(model, features, self.collate, self.outputs, batch_size, per_token=True)
+        return self.decode(examples, features, rows)
+
+    def decode(
+        self, examples: Sequence[QAExample], features: Sequence[dict], rows: Sequence[dict[str, np.ndarray]]
+    ) -> list[dict]:
+        """One answer per question from the start / end logits of all its windows."""
         windows: list[list[tuple[dict[str, Any], dict[str, np.ndarray]]]] = [[] for _ in examples]
         for feature, row in zip(features, rows, strict=True):
             windows[feature["example"]].append((feature, row))

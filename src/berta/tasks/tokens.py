@@ -84,6 +84,7 @@ class TokenTask:
     """
 
     name = "tokens"
+    outputs, per_token = ("logits",), True
 
     def __init__(
         self,
@@ -173,7 +174,13 @@ class TokenTask:
         """Per sentence: `tags` (one per word) and `entities` (spans with character offsets) when the tags are
         entity tags. Words cut off by `max_length` get "O" (a warning gives the count)."""
         features = self.featurize([Sentence(s.tokens, None, s.path, s.line) for s in sentences])
-        rows = run_model(model, features, self.collate, ["logits"], batch_size, per_token=True)
+        rows, _ = run_model(model, features, self.collate, self.outputs, batch_size, per_token=True)
+        return self.decode(sentences, features, rows)
+
+    def decode(
+        self, sentences: Sequence[Sentence], features: Sequence[dict], rows: Sequence[dict[str, np.ndarray]]
+    ) -> list[dict]:
+        """Per-word tags (and entities) from the token logits of each sentence's feature."""
         names, scheme = self.id2label, self.scheme
         outside = "O" if "O" in names.values() else names[0]
         predictions, cut = [], 0
@@ -193,7 +200,7 @@ class TokenTask:
             warnings.warn(
                 f"{cut} words lie beyond max_length={self.max_length} tokens (or have no tokens) and are tagged "
                 f"{outside!r}; raise --max-length to tag them",
-                stacklevel=2,
+                stacklevel=3,
             )
         return predictions
 
