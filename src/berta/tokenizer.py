@@ -634,7 +634,7 @@ def _family_of(pipeline: dict[str, Any], config: dict[str, Any], path: Path) -> 
     if declared in FAMILIES:
         return declared
     class_name = str(config.get("tokenizer_class") or "").lower()
-    if "xlmroberta" in class_name:
+    if "xlmroberta" in class_name or "camembert" in class_name:  # SentencePiece with RoBERTa's template
         return "xlm-roberta"
     if "roberta" in class_name:
         return "roberta"
