@@ -132,6 +132,18 @@ def test_fingerprint_is_stable_and_tells_tokenizers_apart(roberta, bert, tmp_pat
     assert len(tok.fingerprint) == 16
 
 
+def test_pickles_for_data_loader_workers(bert):
+    import pickle
+
+    tok, _ = bert
+    tok(["warm the padded engine"], truncation=True, max_length=4)
+    copy = pickle.loads(pickle.dumps(tok))
+    assert copy.fingerprint == tok.fingerprint
+    assert copy(CONTEXTS, truncation=True, max_length=16)["input_ids"] == tok(CONTEXTS, truncation=True,
+                                                                             max_length=16)["input_ids"]
+    assert set(copy(["a"], return_tensors="pt").model_inputs()) == {"input_ids", "attention_mask", "token_type_ids"}
+
+
 def test_batch_settings_do_not_leak_into_encode(roberta):
     tok, _ = roberta
     tok(CONTEXTS, truncation=True, max_length=8, padding="max_length")

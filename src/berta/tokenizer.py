@@ -134,6 +134,13 @@ class Batch(Mapping):
         """Rows in the batch (more than the inputs when windows overflowed). Example: `batch.num_rows`."""
         return len(self.encodings)
 
+    def model_inputs(self) -> dict[str, Any]:
+        """Only what an encoder takes: `input_ids`, `attention_mask` and, for BERT, `token_type_ids`.
+
+        Example: `model(**tok(texts, return_tensors="pt").model_inputs())`.
+        """
+        return {key: self[key] for key in ("input_ids", "attention_mask", "token_type_ids") if key in self._keys}
+
     def word_ids(self, row: int) -> list[int | None]:
         """Word index of each token of `row`; None for special and padding tokens. Example: `batch.word_ids(0)`."""
         return self.encodings[row].word_ids
@@ -183,6 +190,14 @@ class Tokenizer:
         self._engine_settings: tuple | None = None
         self._lock = threading.Lock()
         self._fingerprint: str | None = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        # picklable for DataLoader workers: the lock and the per-call engine are rebuilt on the other side
+        return {**self.__dict__, "_lock": None, "_engine": None, "_engine_settings": None}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
 
     # ---------------------------------------------------------------- loading
 
