@@ -11,8 +11,9 @@ Also reported, per implementation:
   (masked rows for berta, every row for transformers), divided by the step time;
 - model-FLOPs utilisation: the FLOPs each implementation performs per step (matmuls of the encoder, attention
   and its own LM head, x3 for forward + backward) per second, over a measured peak (a large fp32 matmul);
-- peak memory of a step (one extra, untimed step each): `torch.cuda.max_memory_allocated` on GPU; on CPU the
-  peak resident-set growth during the step (sampled every 0.5 ms from /proc/self/statm).
+- peak training memory on top of the weights (gradients, optimizer state, activations, logits) over two steps:
+  `torch.cuda.max_memory_allocated` on GPU; on CPU, in a fresh process per implementation, the peak resident
+  set (`ru_maxrss`) minus the resident set before the first step.
 
     .venv/bin/python -P bench/pretrain_throughput.py                    # small and roberta-base configs
     .venv/bin/python -P bench/pretrain_throughput.py --configs small --steps 10 --output small.json
@@ -28,7 +29,6 @@ import os
 import shutil
 import statistics
 import tempfile
-import threading
 import time
 import warnings
 from collections.abc import Callable
@@ -54,14 +54,6 @@ CONFIGS = {
 }
 
 
-@dataclass
-class Measurement:
-    step_seconds: list[float]
-    head_seconds: float
-    peak_bytes: int
-    flops_per_step: float
-
-
 def fairseq_tokenizer(directory: Path) -> Tokenizer:
     """GPT-2 BPE in fairseq's id layout (<s>=0, <pad>=1, </s>=2, <unk>=3), RoBERTa's; saved for transformers."""
     source = directory / "bpe"
@@ -80,45 +72,6 @@ def blocks(count: int, length: int, tokenizer: Tokenizer, seed: int = 0) -> list
     rows = generator.integers(4, len(tokenizer) - 1, size=(count, length))
     rows[:, 0], rows[:, -1] = tokenizer.cls_id, tokenizer.sep_id
     return list(rows)
-
-
-class PeakMemory:
-    """Peak memory of a block of code: CUDA's allocator peak, or sampled resident-set growth on CPU."""
-
-    def __init__(self, device: torch.device):
-        self.device = device
-        self.peak = 0
-
-    def __enter__(self) -> PeakMemory:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize()
-            torch.cuda.reset_peak_memory_stats(self.device)
-            self.base = torch.cuda.memory_allocated(self.device)
-            return self
-        self.base = self._rss()
-        self.peak = self.base
-        self.running = True
-        self.thread = threading.Thread(target=self._sample, daemon=True)
-        self.thread.start()
-        return self
-
-    def _rss(self) -> int:
-        with open("/proc/self/statm") as handle:
-            return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-    def _sample(self) -> None:
-        while self.running:
-            self.peak = max(self.peak, self._rss())
-            time.sleep(0.0005)
-
-    def __exit__(self, *exc) -> None:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize()
-            self.peak = torch.cuda.max_memory_allocated(self.device) - self.base
-        else:
-            self.running = False
-            self.thread.join()
-            self.peak = max(self.peak, self._rss()) - self.base
 
 
 def encoder_flops(layers: int, hidden: int, intermediate: int, seq: int, tokens: int) -> float:
@@ -159,119 +112,175 @@ def _timed(function: Callable[[], None], device: torch.device) -> float:
     return time.perf_counter() - start
 
 
-def build(name: str, tokenizer: Tokenizer, hf_tokenizer, device: torch.device, seed: int = 0):
-    from transformers import DataCollatorForLanguageModeling, RobertaConfig, RobertaForMaskedLM
+@dataclass
+class Implementation:
+    step: Callable[[], None]  # one training step on the next batch
+    head: Callable[[], None]  # the LM head's forward + backward alone, on this step's head input
+    flops: float  # matmul FLOPs of one step (forward + backward)
 
+
+def _samples(name: str, tokenizer: Tokenizer, seed: int) -> Callable[[], tuple[list[np.ndarray], list[int]]]:
+    """The batches both implementations see: the same packed blocks, in the same order."""
+    _, _, _, _, seq, batch_size = CONFIGS[name]
+    samples = blocks(batch_size * 8, seq, tokenizer, seed)
+    state = {"k": 0}
+
+    def next_batch() -> tuple[list[np.ndarray], list[int]]:
+        start = (state["k"] * batch_size) % len(samples)
+        state["k"] += 1
+        indices = list(range(start, start + batch_size))
+        return [samples[i] for i in indices], indices
+
+    return next_batch
+
+
+def build_berta(name: str, tokenizer: Tokenizer, device: torch.device, seed: int = 0) -> Implementation:
     layers, hidden, heads, intermediate, seq, batch_size = CONFIGS[name]
     config = berta.EncoderConfig.preset("roberta-base").replace(
         vocab_size=VOCAB_SIZE, hidden_size=hidden, num_layers=layers, num_heads=heads, intermediate_size=intermediate
     )
     torch.manual_seed(seed)
-    ours = berta.create(config, "masked-lm").to(device).train()
-    settings = TrainSettings(lr=1e-4)
-    our_optimizer = build_optimizer(ours, settings)
+    model = berta.create(config, "masked-lm").to(device).train()
+    optimizer = build_optimizer(model, TrainSettings(lr=1e-4))
     collator = MaskingCollator(MaskingVocabulary.from_tokenizer(tokenizer), mask_prob=MASK_PROB, seed=seed)
+    next_batch = _samples(name, tokenizer, seed)
+    masked = int(round(MASK_PROB * (seq - 2))) * batch_size  # MaskingCollator's count (never special tokens)
 
-    reference_config = RobertaConfig(
+    def step() -> None:
+        chosen, indices = next_batch()
+        batch = {k: v.to(device) for k, v in collator(chosen, indices, 0).items()}
+        masked_lm_loss(model, batch).backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    def head() -> None:
+        rows = torch.randn(masked, hidden, device=device, requires_grad=True)
+        targets = torch.randint(0, VOCAB_SIZE, (masked,), device=device)
+        logits = model.head(rows, model.encoder.embeddings.words.weight)
+        torch.nn.functional.cross_entropy(logits.float(), targets).backward()
+
+    body = encoder_flops(layers, hidden, intermediate, seq, batch_size * seq)
+    return Implementation(step, head, 3 * (body + head_flops(hidden, VOCAB_SIZE, masked)))
+
+
+def build_transformers(name: str, tokenizer: Tokenizer, hf_tokenizer, device: torch.device,
+                       seed: int = 0) -> Implementation:
+    from transformers import DataCollatorForLanguageModeling, RobertaConfig, RobertaForMaskedLM
+
+    layers, hidden, heads, intermediate, seq, batch_size = CONFIGS[name]
+    config = RobertaConfig(
         vocab_size=VOCAB_SIZE, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
         intermediate_size=intermediate, max_position_embeddings=514, type_vocab_size=1, pad_token_id=1,
         bos_token_id=0, eos_token_id=2, layer_norm_eps=1e-5,
     )
     torch.manual_seed(seed)
-    reference = RobertaForMaskedLM._from_config(reference_config, attn_implementation="sdpa").to(device).train()
-    no_decay = [p for n, p in reference.named_parameters() if "bias" in n or "LayerNorm" in n or "layer_norm" in n]
-    decay = [p for n, p in reference.named_parameters() if not any(p is q for q in no_decay)]
-    reference_optimizer = torch.optim.AdamW(
+    model = RobertaForMaskedLM._from_config(config, attn_implementation="sdpa").to(device).train()
+    no_decay = [p for n, p in model.named_parameters() if "bias" in n or "LayerNorm" in n or "layer_norm" in n]
+    decay = [p for p in model.parameters() if not any(p is q for q in no_decay)]
+    optimizer = torch.optim.AdamW(
         [{"params": decay, "weight_decay": 0.01}, {"params": no_decay, "weight_decay": 0.0}],
         lr=1e-4, betas=(0.9, 0.98), eps=1e-6,
     )
-    reference_collator = DataCollatorForLanguageModeling(hf_tokenizer, mlm_probability=MASK_PROB, seed=seed)
+    collator = DataCollatorForLanguageModeling(hf_tokenizer, mlm_probability=MASK_PROB, seed=seed)
+    next_batch = _samples(name, tokenizer, seed)
 
-    samples = blocks(batch_size * 8, seq, tokenizer, seed)
-    state = {"k": 0}
-
-    def next_samples() -> tuple[list[np.ndarray], list[int]]:
-        start = (state["k"] * batch_size) % len(samples)
-        indices = list(range(start, start + batch_size))
-        return [samples[i] for i in indices], indices
-
-    def our_step() -> None:
-        chosen, indices = next_samples()
-        batch = {k: v.to(device) for k, v in collator(chosen, indices, 0).items()}
-        loss = masked_lm_loss(ours, batch)
-        loss.backward()
-        our_optimizer.step()
-        our_optimizer.zero_grad(set_to_none=True)
-
-    def reference_step() -> None:
-        chosen, _ = next_samples()
+    def step() -> None:
+        chosen, _ = next_batch()
         features = [{"input_ids": row.tolist(), "attention_mask": [1] * len(row)} for row in chosen]
-        batch = {k: v.to(device) for k, v in reference_collator(features).items()}
-        loss = reference(**batch).loss
-        loss.backward()
-        reference_optimizer.step()
-        reference_optimizer.zero_grad(set_to_none=True)
+        batch = {k: v.to(device) for k, v in collator(features).items()}
+        model(**batch).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
 
-    tokens = batch_size * seq
-    masked = int(round(MASK_PROB * (seq - 2))) * batch_size  # MaskingCollator's count (special tokens never)
-
-    def our_head() -> None:
-        hidden_rows = torch.randn(masked, hidden, device=device, requires_grad=True)
-        targets = torch.randint(0, VOCAB_SIZE, (masked,), device=device)
-        logits = ours.head(hidden_rows, ours.encoder.embeddings.words.weight)
-        torch.nn.functional.cross_entropy(logits.float(), targets).backward()
-
-    def reference_head() -> None:
-        hidden_grid = torch.randn(batch_size, seq, hidden, device=device, requires_grad=True)
+    def head() -> None:
+        grid = torch.randn(batch_size, seq, hidden, device=device, requires_grad=True)
         targets = torch.randint(0, VOCAB_SIZE, (batch_size * seq,), device=device)
         targets[torch.rand(batch_size * seq, device=device) > MASK_PROB] = -100
-        logits = reference.lm_head(hidden_grid)
+        logits = model.lm_head(grid)
         torch.nn.functional.cross_entropy(logits.view(-1, VOCAB_SIZE), targets).backward()
 
-    body = encoder_flops(layers, hidden, intermediate, seq, tokens)
-    flops = {
-        "berta": 3 * (body + head_flops(hidden, VOCAB_SIZE, masked)),
-        "transformers": 3 * (body + head_flops(hidden, VOCAB_SIZE, tokens)),
-    }
-    steps = {"berta": our_step, "transformers": reference_step}
-    heads = {"berta": our_head, "transformers": reference_head}
+    body = encoder_flops(layers, hidden, intermediate, seq, batch_size * seq)
+    return Implementation(step, head, 3 * (body + head_flops(hidden, VOCAB_SIZE, batch_size * seq)))
 
-    def advance() -> None:
-        state["k"] += 1
 
-    return steps, heads, flops, tokens, advance
+def _rss_bytes() -> int:
+    with open("/proc/self/statm") as handle:
+        return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def training_memory(implementation: str, name: str, device: torch.device, steps: int = 2) -> int:
+    """Bytes a training step adds on top of the weights: grads, optimizer state, activations, logits.
+
+    GPU: `max_memory_allocated` over `steps` steps minus the memory allocated before the first one. CPU: run in
+    this (fresh) process, the peak resident set (`ru_maxrss`) minus the resident set before the first step.
+    """
+    import resource
+
+    from transformers import AutoTokenizer
+
+    with tempfile.TemporaryDirectory() as scratch:
+        tokenizer = fairseq_tokenizer(Path(scratch))
+        if implementation == "berta":
+            built = build_berta(name, tokenizer, device)
+        else:
+            hf_tokenizer = AutoTokenizer.from_pretrained(Path(scratch) / "tokenizer")
+            built = build_transformers(name, tokenizer, hf_tokenizer, device)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats(device)
+            before = torch.cuda.memory_allocated(device)
+            for _ in range(steps):
+                built.step()
+            torch.cuda.synchronize()
+            return torch.cuda.max_memory_allocated(device) - before
+        before = _rss_bytes()
+        for _ in range(steps):
+            built.step()
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - before
+
+
+def _memory_in_subprocess(implementation: str, name: str, device: torch.device) -> int:
+    import subprocess
+    import sys
+
+    command = [sys.executable, "-P", __file__, "--memory-of", implementation, "--configs", name,
+               "--device", str(device)]
+    finished = subprocess.run(command, capture_output=True, text=True, check=True)
+    return int(finished.stdout.strip().splitlines()[-1])
 
 
 def run(name: str, tokenizer: Tokenizer, hf_tokenizer, device: torch.device, steps: int, warmup: int,
         peak: float) -> dict:
-    step_functions, head_functions, flops, tokens, advance = build(name, tokenizer, hf_tokenizer, device)
-    results = {key: Measurement([], 0.0, 0, flops[key]) for key in step_functions}
+    implementations = {
+        "berta": build_berta(name, tokenizer, device),
+        "transformers": build_transformers(name, tokenizer, hf_tokenizer, device),
+    }
     for _ in range(warmup):
-        for function in step_functions.values():
-            function()
-        advance()
-    order = list(step_functions)
+        for implementation in implementations.values():
+            implementation.step()
+    seconds: dict[str, list[float]] = {key: [] for key in implementations}
+    order = list(implementations)
     for repeat in range(steps):
         for key in order if repeat % 2 == 0 else reversed(order):  # alternate who goes first
-            results[key].step_seconds.append(_timed(step_functions[key], device))
-        advance()
-    for key, function in step_functions.items():  # memory apart: the CPU sampler would slow the timed steps
-        with PeakMemory(device) as memory:
-            function()
-        results[key].peak_bytes = memory.peak
-    for key, function in head_functions.items():
-        function()  # warm-up
-        results[key].head_seconds = statistics.median(_timed(function, device) for _ in range(3))
-    summary = {}
-    for key, measurement in results.items():
-        step = statistics.median(measurement.step_seconds)
+            seconds[key].append(_timed(implementations[key].step, device))
+    _, _, _, _, seq, batch_size = CONFIGS[name]
+    tokens = batch_size * seq
+    summary: dict = {}
+    for key, implementation in implementations.items():
+        implementation.head()  # warm-up
+        head = statistics.median(_timed(implementation.head, device) for _ in range(3))
+        step = statistics.median(seconds[key])
         summary[key] = {
             "step_s": step,
             "tokens_per_s": tokens / step,
-            "lm_head_share": measurement.head_seconds / step,
-            "mfu": measurement.flops_per_step / step / peak,
-            "peak_memory_mb": measurement.peak_bytes / 2**20,
+            "lm_head_share": head / step,
+            "mfu": implementation.flops / step / peak,
         }
+    del implementations
+    for key in summary:
+        # Each in a fresh process on CPU: the resident-set peak of a process that only trains this one.
+        used = training_memory(key, name, device) if device.type == "cuda" else _memory_in_subprocess(key, name, device)
+        summary[key]["peak_memory_mb"] = used / 2**20
     summary["speedup"] = summary["berta"]["tokens_per_s"] / summary["transformers"]["tokens_per_s"]
     layers, hidden, heads, intermediate, seq, batch_size = CONFIGS[name]
     summary["shape"] = {"layers": layers, "hidden": hidden, "heads": heads, "intermediate": intermediate,
@@ -286,9 +295,13 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--output", type=Path, help="write the results as JSON here")
+    parser.add_argument("--memory-of", choices=["berta", "transformers"], help=argparse.SUPPRESS)
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
     device = torch.device(args.device)
+    if args.memory_of:  # the subprocess of `_memory_in_subprocess`
+        print(training_memory(args.memory_of, args.configs[0], device))
+        return
     from transformers import AutoTokenizer
 
     results = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else

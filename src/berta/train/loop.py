@@ -746,6 +746,7 @@ def _train(model, settings, train_data, collate, output_dir, evaluate, save_extr
                 )
                 if evaluated or finished or progress.step % settings.log_every == 0:
                     record = window.record(progress, distributed)
+                paused = time.perf_counter()  # evaluation and saving do not count in training throughput
                 if evaluated:
                     metrics = _evaluate(wrapped, evaluate, precision, device, distributed)
                     record.update(metrics)
@@ -755,6 +756,7 @@ def _train(model, settings, train_data, collate, output_dir, evaluate, save_extr
                 if finished or (settings.save_every and progress.step % settings.save_every == 0):
                     _save_checkpoint(wrapped, model, optimizer, scheduler, scaler, progress, settings, output_dir,
                                      save_extras, distributed)
+                window.excluded += time.perf_counter() - paused
                 if finished:
                     break
             else:
@@ -830,13 +832,14 @@ class _Window:
         self.grad_norm: Tensor | None = None
         self.lr = 0.0
         self.started = time.perf_counter()
+        self.excluded = 0.0  # seconds of evaluation and checkpointing inside the window
 
     def record(self, progress: _Progress, distributed: _Distributed) -> dict:
         totals = torch.stack([self.loss_sum, self.units, self.tokens])
         if distributed.active:
             dist.all_reduce(totals)
         loss_sum, units, tokens = totals.tolist()
-        elapsed = max(time.perf_counter() - self.started, 1e-9)
+        elapsed = max(time.perf_counter() - self.started - self.excluded, 1e-9)
         record = {
             "step": progress.step,
             "epoch": progress.epoch,
