@@ -711,7 +711,7 @@ def _train(model, settings, train_data, collate, output_dir, evaluate, save_extr
     scheduler = build_scheduler(optimizer, total_steps, warmup_steps, settings)
     scaler = torch.amp.GradScaler(device.type, enabled=precision is torch.float16)
     if saved_state is not None:
-        _load_optimizer(wrapped, optimizer, saved_state["optimizer"], settings)
+        _load_optimizer(wrapped, optimizer, saved_state["optimizer"])
         scheduler.load_state_dict(saved_state["scheduler"])
         scaler.load_state_dict(saved_state["scaler"])
         rng_file = resume_from / f"rng-{rank}.pt"
@@ -1001,7 +1001,7 @@ def _optimizer_state(wrapped, optimizer) -> dict[str, Any]:
     return optimizer.state_dict()
 
 
-def _load_optimizer(wrapped, optimizer, state: dict[str, Any], settings: TrainSettings) -> None:
+def _load_optimizer(wrapped, optimizer, state: dict[str, Any]) -> None:
     if isinstance(wrapped, _fsdp_class()):
         state = _fsdp_class().optim_state_dict_to_load(wrapped, optimizer, state)
     optimizer.load_state_dict(state)
