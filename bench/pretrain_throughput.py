@@ -12,8 +12,8 @@ Also reported, per implementation:
 - model-FLOPs utilisation: the FLOPs each implementation performs per step (matmuls of the encoder, attention
   and its own LM head, x3 for forward + backward) per second, over a measured peak (a large fp32 matmul);
 - peak training memory on top of the weights (gradients, optimizer state, activations, logits) over two steps:
-  `torch.cuda.max_memory_allocated` on GPU; on CPU, in a fresh process per implementation, the peak resident
-  set (`ru_maxrss`) minus the resident set before the first step.
+  `torch.cuda.max_memory_allocated` on GPU; on CPU, in a fresh process per implementation, the resident-set
+  high-water mark (VmHWM, reset before the first step) minus the resident set before it.
 
     .venv/bin/python -P bench/pretrain_throughput.py                    # small and roberta-base configs
     .venv/bin/python -P bench/pretrain_throughput.py --configs small --steps 10 --output small.json
@@ -208,14 +208,20 @@ def _rss_bytes() -> int:
         return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
+def _high_water_mark_bytes() -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError("/proc/self/status has no VmHWM line")
+
+
 def training_memory(implementation: str, name: str, device: torch.device, steps: int = 2) -> int:
     """Bytes a training step adds on top of the weights: grads, optimizer state, activations, logits.
 
     GPU: `max_memory_allocated` over `steps` steps minus the memory allocated before the first one. CPU: run in
-    this (fresh) process, the peak resident set (`ru_maxrss`) minus the resident set before the first step.
+    a fresh process, the resident-set high-water mark (VmHWM, reset before the first step) minus the resident set
+    before the first step.
     """
-    import resource
-
     from transformers import AutoTokenizer
 
     with tempfile.TemporaryDirectory() as scratch:
@@ -233,10 +239,12 @@ def training_memory(implementation: str, name: str, device: torch.device, steps:
                 built.step()
             torch.cuda.synchronize()
             return torch.cuda.max_memory_allocated(device) - before
+        # Reset the kernel's resident-set high-water mark (VmHWM) to now, so setup peaks do not count.
+        Path("/proc/self/clear_refs").write_text("5")
         before = _rss_bytes()
         for _ in range(steps):
             built.step()
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - before
+        return _high_water_mark_bytes() - before
 
 
 def _memory_in_subprocess(implementation: str, name: str, device: torch.device) -> int:
