@@ -86,6 +86,15 @@ def assert_same_weights(first: dict, second: dict, tolerance: float) -> None:
     assert worst <= tolerance, f"largest weight difference {worst:.3g} > {tolerance}"
 
 
+@pytest.fixture
+def one_thread():
+    """One intra-op thread, as in the subprocesses, so that "the same" can mean bit for bit; restored after."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def losses(run_dir: Path) -> dict[int, float]:
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     return {r["step"]: r["loss"] for r in records}
@@ -189,8 +198,7 @@ def _hanging_collate(ready: Path, hang_at_call: int):
     return collate
 
 
-def test_sigkill_then_resume_gives_the_same_losses(tmp_path: Path) -> None:
-    torch.set_num_threads(1)  # the same kernels in the child and here, so "the same" can mean bit for bit
+def test_sigkill_then_resume_gives_the_same_losses(tmp_path: Path, one_thread) -> None:
     straight = tmp_path / "straight"
     _resume_run(straight)
 
@@ -225,16 +233,17 @@ DDP_SETTINGS = dict(batch_size=4, grad_accum=2, max_steps=4, save_every=2, max_g
 @pytest.fixture(scope="module")
 def one_process(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, dict]:
     """Weights and losses of one process with the global batch of two (batch 8 instead of 4)."""
+    threads = torch.get_num_threads()
     torch.set_num_threads(1)
     run = tmp_path_factory.mktemp("single")
     model = toy_model()
     train(model, quiet(**{**DDP_SETTINGS, "batch_size": 8}), toy_data(), toy_collate, run)
+    torch.set_num_threads(threads)
     return weights(model), losses(run)
 
 
 @pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
 def test_two_gloo_processes_equal_one(strategy: str, one_process, tmp_path: Path) -> None:
-    torch.set_num_threads(1)
     command = [
         sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
         "29533" if strategy == "ddp" else "29534", __file__, strategy, str(tmp_path / strategy),

@@ -47,11 +47,20 @@ def corpus(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     return root / "data", tokenizer
 
 
+@pytest.fixture
+def one_thread():
+    """One intra-op thread, as in the subprocesses, so that "the same" can mean bit for bit; restored after."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def records(run: Path) -> list[dict]:
     return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
 
 
-def test_pretrain_from_scratch_validation_resume_and_fill_mask(corpus, tmp_path: Path, capsys) -> None:
+def test_pretrain_from_scratch_validation_resume_and_fill_mask(corpus, tmp_path: Path, capsys, one_thread) -> None:
     data, _ = corpus
     run = tmp_path / "run"
     command = [
@@ -59,7 +68,6 @@ def test_pretrain_from_scratch_validation_resume_and_fill_mask(corpus, tmp_path:
         "--batch-size", "8", "--lr", "1e-3", "--save-every", "3", "--eval-every", "3", "--log-every", "1",
         "--seed", "0", "--no-progress", "--no-plot", "--validation-samples", "16",
     ]
-    torch.set_num_threads(1)
     cli.main(command)
     first = records(run)
     assert [r["step"] for r in first] == [1, 2, 3, 4, 5, 6]
