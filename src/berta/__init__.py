@@ -16,6 +16,7 @@ from berta.model import (
     TokenClassifier,
     create,
 )
+from berta.tokenizer import Tokenizer
 
 __all__ = [
     "PRESETS",
@@ -26,6 +27,7 @@ __all__ = [
     "QuestionAnswering",
     "SequenceClassifier",
     "TokenClassifier",
+    "Tokenizer",
     "create",
     "load",
 ]
