@@ -40,6 +40,9 @@ from berta.train.loop import TrainSettings, train
 
 log = logging.getLogger(__name__)
 
+# Sequence lengths when --max-length is not given: GLUE-style classification fits 128 tokens, CoNLL sentences
+# 256, and SQuAD's windows are BERT's run_squad max_seq_length.
+_MAX_LENGTH = {"classification": 128, "tokens": 256, "qa": 384}
 # The metric that selects the best model, per task and problem type.
 _MAIN_METRIC = {
     "single_label_classification": "accuracy",
@@ -60,7 +63,11 @@ class TaskOptions:
         default=None, metadata={"help": "classification: column of the second text of a pair (NLI, paraphrase)"}
     )
     label_column: str = field(default="label", metadata={"help": "classification: column of the label(s)"})
-    max_length: int = field(default=128, metadata={"help": "tokens per sequence (QA: per window), special included"})
+    max_length: int | None = field(
+        default=None,
+        metadata={"help": "tokens per sequence (QA: per window), special tokens included "
+                          "(default: 128 classification, 256 tokens, 384 qa)"},
+    )
     label_all_tokens: bool = field(
         default=False, metadata={"help": "tokens: label every sub-token of a word, not only the first"}
     )
@@ -156,24 +163,25 @@ def build_task(name: str, tokenizer: Tokenizer, options: TaskOptions, id2label: 
         >>> task = build_task("tokens", Tokenizer.from_pretrained("roberta"), EvaluateSettings(model=Path("m"),
         ...                   data=Path("d")), id2label={0: "O", 1: "B-PER"})
     """
+    if name not in TASK_NAMES:
+        raise ValueError(f"unknown task {name!r}; tasks are {list(TASK_NAMES)}")
+    max_length = options.max_length or _MAX_LENGTH[name]
     if name == "classification":
         from berta.tasks.classification import ClassificationTask
 
         return ClassificationTask(
-            tokenizer, options.max_length, options.text_column, options.text_pair_column, options.label_column,
+            tokenizer, max_length, options.text_column, options.text_pair_column, options.label_column,
             problem_type=problem_type, id2label=id2label,
         )
     if name == "tokens":
         from berta.tasks.tokens import TokenTask
 
-        return TokenTask(tokenizer, options.max_length, id2label=id2label, label_all_tokens=options.label_all_tokens,
+        return TokenTask(tokenizer, max_length, id2label=id2label, label_all_tokens=options.label_all_tokens,
                          scheme=options.scheme)
-    if name == "qa":
-        from berta.tasks.qa import QATask
+    from berta.tasks.qa import QATask
 
-        return QATask(tokenizer, options.max_length, options.stride, options.max_query_length, options.n_best,
-                      options.max_answer_length, options.null_threshold)
-    raise ValueError(f"unknown task {name!r}; tasks are {list(TASK_NAMES)}")
+    return QATask(tokenizer, max_length, options.stride, options.max_query_length, options.n_best,
+                  options.max_answer_length, options.null_threshold)
 
 
 def main_metric(task: Any) -> str:
@@ -203,10 +211,12 @@ def _configure_logging() -> None:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
 
 
-def _check_length(options: TaskOptions, model: nn.Module) -> None:
+def _fit_length(task: Any, model: nn.Module, asked: int | None) -> None:
+    # The task's default length shrinks to a small model's position table; an explicit one must fit.
     longest = model.config.max_length  # type: ignore[union-attr]
-    if options.max_length > longest:
-        raise ValueError(f"--max-length {options.max_length} exceeds the model's {longest} positions")
+    if asked is not None and asked > longest:
+        raise ValueError(f"--max-length {asked} exceeds the model's {longest} positions")
+    task.max_length = min(task.max_length, longest)
 
 
 def finetune(settings: FinetuneSettings) -> dict[str, Any]:
@@ -231,7 +241,7 @@ def finetune(settings: FinetuneSettings) -> dict[str, Any]:
 
     torch.manual_seed(settings.seed)  # the new head's initialisation is part of what the seed fixes
     model = load(settings.model, task=settings.task, id2label=id2label)
-    _check_length(settings, model)
+    _fit_length(task, model, settings.max_length)
     if settings.task == "classification":
         model.config.problem_type = task.problem_type  # type: ignore[union-attr]  # the loss follows it
     if settings.freeze_embeddings:
@@ -268,6 +278,8 @@ def finetune(settings: FinetuneSettings) -> dict[str, Any]:
         report["languages"] = table
         print(language_table(table, main_metric(task)))
     (settings.output / "eval_results.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    log.info("validation (%d examples): %s; report in %s", report["examples"],
+             {k: round(v, 4) for k, v in _scalars(report).items() if k != "examples"}, settings.output)
     return report
 
 
@@ -380,7 +392,6 @@ def evaluate(settings: EvaluateSettings) -> dict[str, Any]:
             f"{settings.model}: the checkpoint is a {model.task!r} model, not a fine-tuned one; pass --task "
             f"({', '.join(TASK_NAMES)}) only for a checkpoint with that head"
         )
-    _check_length(settings, model)
     device = torch.device("cuda" if settings.device == "auto" and torch.cuda.is_available() else
                           "cpu" if settings.device == "auto" else settings.device)
     model.to(device)
@@ -390,6 +401,7 @@ def evaluate(settings: EvaluateSettings) -> dict[str, Any]:
     task = build_task(model.task, tokenizer, settings, id2label=config.id2label or None,
                       problem_type=problem_type or ("single_label_classification" if model.task == "classification"
                                                     else None))
+    _fit_length(task, model, settings.max_length)
     examples = task.read(settings.data)
     if model.task == "qa":
         task.fit_labels(examples)  # SQuAD v2 scoring when the file has unanswerable questions
