@@ -262,3 +262,38 @@ def test_multi_label_sentence_pairs_from_jsonl(tmp_path, minilm):
         probabilities = theirs(**{k: batch[k] for k in ("input_ids", "attention_mask", "token_type_ids")}).logits
     predicted = [[theirs.config.id2label[i] for i, p in enumerate(row) if p > 0.5] for row in probabilities.sigmoid()]
     assert predicted == [r["labels"] for r in rows]
+
+
+def test_regression_scores_and_evaluate(tmp_path, minilm):
+    def scores(path: Path, count: int, seed: int) -> Path:
+        rng = random.Random(seed)
+        with open(path, "w", newline="", encoding="utf-8") as handle:
+            writer = csv.writer(handle, delimiter="\t")
+            writer.writerow(["sentence", "score"])
+            for _ in range(count):
+                word = rng.choice(GOOD + BAD)
+                value = (4.0 if word in GOOD else 1.0) + rng.choice([-0.3, 0.0, 0.4])
+                writer.writerow([f"The {rng.choice(NOUNS)} was {word}.", f"{value:.1f}"])
+        return path
+
+    train, dev = scores(tmp_path / "train.tsv", 96, 0), scores(tmp_path / "dev.tsv", 32, 1)
+    run("finetune", "--task", "classification", "--model", minilm, "--train", train, "--validation", dev,
+        "--output", tmp_path / "run", "--text-column", "sentence", "--label-column", "score", "--epochs", "4",
+        "--batch-size", "16", "--lr", "3e-4", "--max-length", "24")
+    report = read_json(tmp_path / "run" / "eval_results.json")
+    assert report["pearson"] > 0.7 and report["examples"] == 32  # a constant prediction has no correlation
+    config = read_json(tmp_path / "run" / "model" / "config.json")
+    assert config["problem_type"] == "regression" and config["id2label"] == {"0": "score"}
+    main(["evaluate", "--model", str(tmp_path / "run" / "model"), "--data", str(dev), "--text-column", "sentence",
+          "--label-column", "score", "--output", str(tmp_path / "evaluation")])
+    assert read_json(tmp_path / "evaluation" / "eval_results.json") == report
+
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    theirs = AutoModelForSequenceClassification.from_pretrained(tmp_path / "run" / "model").eval()
+    rows = [json.loads(line) for line in (tmp_path / "run" / "predictions.jsonl").read_text().splitlines()]
+    batch = AutoTokenizer.from_pretrained(tmp_path / "run" / "model")([r["text"] for r in rows], padding=True,
+                                                                       return_tensors="pt")
+    with torch.no_grad():
+        values = theirs(**batch).logits.squeeze(-1)
+    torch.testing.assert_close(torch.tensor([r["value"] for r in rows]), values, atol=1e-4, rtol=1e-4)
