@@ -30,6 +30,7 @@ JOBS: dict[tuple[str, ...], str] = {
     ("tokenizer", "train"): "berta.tokenizer_train:train_tokenizer",
     ("finetune",): "berta.train.finetune:finetune",
     ("evaluate",): "berta.train.finetune:evaluate",
+    ("export", "onnx"): "berta.inference.export:export",
 }
 
 
