@@ -37,7 +37,7 @@ def roberta() -> tuple[Tokenizer, object]:
     directory = _gpt2_dir()
     reference = transformers.RobertaTokenizer(vocab=str(directory / "vocab.json"),
                                               merges=str(directory / "merges.txt"))
-    return Tokenizer.from_pretrained("roberta"), reference
+    return Tokenizer.from_pretrained(directory), reference  # GPT-2's own ids, as transformers numbers them
 
 
 @pytest.fixture(scope="module")
@@ -124,7 +124,8 @@ def test_split_words_xlmr_and_bert_equal_joined_text(bert, tmp_path):
 
 def test_fingerprint_is_stable_and_tells_tokenizers_apart(roberta, bert, tmp_path):
     tok, _ = roberta
-    assert tok.fingerprint == Tokenizer.from_pretrained("roberta").fingerprint
+    assert tok.fingerprint == Tokenizer.from_pretrained(_gpt2_dir()).fingerprint
+    assert tok.fingerprint != Tokenizer.from_pretrained("roberta").fingerprint  # same BPE, other ids
     assert tok.fingerprint != bert[0].fingerprint
     tok.save(tmp_path)
     assert Tokenizer.from_pretrained(tmp_path).fingerprint == tok.fingerprint
@@ -166,7 +167,7 @@ def test_fairseq_dict_renumbers_gpt2_ids(tmp_path):
     tok = Tokenizer.from_pretrained(tmp_path)
     fairseq_id = {gpt2_id: 4 + n for n, gpt2_id in enumerate(order)}  # fairseq: <s> <pad> </s> <unk>, dict, <mask>
     text = "Hello world! Ünïcödé 👍"
-    gpt2_ids = Tokenizer.from_pretrained("roberta").encode(text, add_special_tokens=False).ids
+    gpt2_ids = Tokenizer.from_pretrained(_gpt2_dir()).encode(text, add_special_tokens=False).ids
     assert tok.encode(text).ids == [0] + [fairseq_id[i] for i in gpt2_ids] + [2]
     assert (tok.cls_id, tok.pad_id, tok.sep_id, tok.unk_id) == (0, 1, 2, 3)
     assert tok.mask_id == len(tok) - 1 == 4 + len(lines)
@@ -262,3 +263,20 @@ def test_bad_call_arguments_are_clear_errors(roberta):
         tok(["a very long first sequence " * 10], ["b"], truncation="only_second", max_length=8)
     with pytest.raises(TypeError, match="text must be a str"):
         tok.encode(None)
+
+
+def test_roberta_preset_uses_fairseq_layout_and_round_trips_through_transformers(tmp_path):
+    """The preset numbers like a fairseq dict.txt listing GPT-2's ids in order: specials 0-3, GPT-2 + 4, <mask> last."""
+    preset = Tokenizer.from_pretrained("roberta")
+    gpt2 = Tokenizer.from_pretrained(_gpt2_dir())
+    assert (preset.cls_id, preset.pad_id, preset.sep_id, preset.unk_id) == (0, 1, 2, 3)
+    assert preset.mask_id == len(preset) - 1 == 50261
+    text = "Hello world! Ünïcödé 👍 <mask>."
+    ours, theirs = preset.encode(text), gpt2.encode(text)
+    shift = {gpt2.cls_id: 0, gpt2.sep_id: 2, gpt2.mask_id: 50261}
+    assert ours.ids == [shift.get(i, i + 4) for i in theirs.ids]
+    assert ours.offsets == theirs.offsets
+    preset.save(tmp_path)
+    reference = transformers.AutoTokenizer.from_pretrained(str(tmp_path))
+    assert reference(text)["input_ids"] == ours.ids
+    assert reference.pad_token_id == 1

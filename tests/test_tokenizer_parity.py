@@ -190,17 +190,18 @@ def _python_gpt2(vocab_path: Path, merges_path: Path):
 
 
 def test_gpt2_known_answer():
-    tok = Tokenizer.from_pretrained("roberta")
+    tok = Tokenizer.from_pretrained(_gpt2_files()[0].parent)  # GPT-2's own ids (the preset shifts them by 4)
     assert tok.encode("Hello world!", add_special_tokens=False).ids == [15496, 995, 0]
     assert tok.encode("Hello world!").ids == [tok.cls_id, 15496, 995, 0, tok.sep_id]
     assert tok.encode("Hello world!").offsets == [(0, 0), (0, 5), (6, 11), (11, 12), (0, 0)]
     assert tok.encode("a", "b").ids == [tok.cls_id, 64, tok.sep_id, tok.sep_id, 65, tok.sep_id]  # <s> A </s></s> B </s>
     assert tok.decode(tok.encode("Hello world!").ids, skip_special_tokens=True) == "Hello world!"
+    assert Tokenizer.from_pretrained("roberta").encode("Hello world!").ids == [0, 15500, 999, 4, 2]  # fairseq ids
 
 
 def test_byte_level_bpe_matches_transformers_and_python_reference(texts):
     vocab, merges = _gpt2_files()
-    tok = Tokenizer.from_pretrained("roberta")
+    tok = Tokenizer.from_pretrained(_gpt2_files()[0].parent)  # GPT-2's own ids (the preset shifts them by 4)
     reference = transformers.RobertaTokenizer(vocab=str(vocab), merges=str(merges))
     assert len(tok) == len(reference) == 50262
     assert (tok.pad_id, tok.mask_id) == (reference.pad_token_id, reference.mask_token_id)
@@ -214,7 +215,7 @@ def test_byte_level_bpe_matches_transformers_and_python_reference(texts):
 
 def test_byte_level_offsets_cover_each_tokens_text(texts):
     """Independent check: each whole-character token's offsets select exactly its text, less the leading space."""
-    tok = Tokenizer.from_pretrained("roberta")
+    tok = Tokenizer.from_pretrained(_gpt2_files()[0].parent)  # GPT-2's own ids (the preset shifts them by 4)
     checked = 0
     for text, encoding in zip(texts, tok(texts, padding=False).encodings, strict=True):
         for token_id, (start, end) in zip(encoding.ids, encoding.offsets, strict=True):
@@ -228,7 +229,7 @@ def test_byte_level_offsets_cover_each_tokens_text(texts):
 
 
 def test_split_words_equal_joined_text(texts):
-    tok = Tokenizer.from_pretrained("roberta")
+    tok = Tokenizer.from_pretrained(_gpt2_files()[0].parent)  # GPT-2's own ids (the preset shifts them by 4)
     words = [t.split() for t in texts if t.split()][:500]
     split = tok(words, is_split_into_words=True, padding=False)
     joined = tok([" ".join(w) for w in words], padding=False)

@@ -209,7 +209,9 @@ class Tokenizer:
         `vocab.json` + `merges.txt` (or fairseq's `encoder.json` + `vocab.bpe`; byte-level BPE); `vocab.txt`
         (WordPiece, with `tokenizer_config.json`'s `do_lower_case` / `strip_accents`). A fairseq `dict.txt` beside
         GPT-2 BPE files or a SentencePiece model renumbers ids exactly as fairseq does. Presets: "roberta" (GPT-2
-        byte-level BPE, RoBERTa special tokens and pair template, GPT-2 ids with the special tokens appended).
+        byte-level BPE, RoBERTa special tokens and pair template, in fairseq's layout: `<s>`=0, `<pad>`=1, `</s>`=2,
+        `<unk>`=3, GPT-2's ids + 4, `<mask>`=50261 — so RoBERTa positions start at 2). The GPT-2 files themselves,
+        loaded as a directory, keep GPT-2's ids with the special tokens appended, as `transformers` does.
 
         Example: `Tokenizer.from_pretrained("path/to/xlm-roberta-base")`.
         """
@@ -217,7 +219,9 @@ class Tokenizer:
         if not path.exists():
             if str(path_or_preset) == "roberta":
                 assets = Path(str(resources.files("berta") / "assets" / "gpt2-bpe"))
-                return _from_byte_level_bpe(assets / "vocab.json", assets / "merges.txt", None, {})
+                return _from_byte_level_bpe(
+                    assets / "vocab.json", assets / "merges.txt", None, {}, fairseq_layout=True
+                )
             raise FileNotFoundError(
                 f"{path_or_preset}: no such file or directory, and not a preset (presets: {', '.join(PRESETS)})"
             )
@@ -254,7 +258,7 @@ class Tokenizer:
 
     @property
     def pad_id(self) -> int:
-        """Id of the padding token. Example: `Tokenizer.from_pretrained("roberta").pad_id == 50260`."""
+        """Id of the padding token. Example: `Tokenizer.from_pretrained("roberta").pad_id == 1`."""
         return self._ids[self.special_tokens.pad]
 
     @property
@@ -739,7 +743,7 @@ def _read_fairseq_dict(path: Path) -> list[str]:
 
 
 def _from_byte_level_bpe(vocab_path: Path, merges_path: Path, dict_path: Path | None,
-                         config: dict[str, Any]) -> Tokenizer:
+                         config: dict[str, Any], fairseq_layout: bool = False) -> Tokenizer:
     vocab = _read_json(vocab_path)
     if not isinstance(vocab, dict) or not all(isinstance(v, int) for v in vocab.values()):
         raise ValueError(f"{vocab_path}: expected a JSON object token -> id")
@@ -754,7 +758,12 @@ def _from_byte_level_bpe(vocab_path: Path, merges_path: Path, dict_path: Path | 
     # fairseq's encoder.json is GPT-2's numbering; dict.txt maps it to the model's. A vocab.json that already
     # holds <s>/<pad> (the Hugging Face roberta layout) is the model's numbering itself.
     if dict_path is not None and "<pad>" not in vocab:
-        vocab = _renumber_by_fairseq_dict(vocab, merges, dict_path, vocab_path)
+        symbols = _read_fairseq_dict(dict_path)
+        vocab = _renumber_by_fairseq_dict(vocab, merges, symbols, dict_path, vocab_path)
+    elif fairseq_layout:
+        # No dict.txt: keep GPT-2's order (a dict.txt listing ids 0, 1, 2, ...), so ids are GPT-2's + 4.
+        symbols = [str(i) for i in sorted(vocab.values())]
+        vocab = _renumber_by_fairseq_dict(vocab, merges, symbols, vocab_path, vocab_path)
     for number, (left, right) in enumerate(merges, start=1):
         if left not in vocab or right not in vocab or left + right not in vocab:
             missing = next(t for t in (left, right, left + right) if t not in vocab)
@@ -767,11 +776,11 @@ def _from_byte_level_bpe(vocab_path: Path, merges_path: Path, dict_path: Path | 
     return _finish(backend, "roberta", config)
 
 
-def _renumber_by_fairseq_dict(gpt2_vocab: dict[str, int], merges: list[tuple[str, str]], dict_path: Path,
-                              vocab_path: Path) -> dict[str, int]:
+def _renumber_by_fairseq_dict(gpt2_vocab: dict[str, int], merges: list[tuple[str, str]], symbols: list[str],
+                              dict_path: Path, vocab_path: Path) -> dict[str, int]:
     by_gpt2_id = {i: token for token, i in gpt2_vocab.items()}
     vocab = {token: i for i, token in enumerate(_FAIRSEQ_SPECIALS)}
-    for number, symbol in enumerate(_read_fairseq_dict(dict_path), start=1):
+    for number, symbol in enumerate(symbols, start=1):
         # fairseq's GPT-2 dict lists GPT-2 ids as numbers; other symbols (madeupword0000) are kept as they are
         token = by_gpt2_id.get(int(symbol)) if symbol.isdigit() else symbol
         if token is None:
