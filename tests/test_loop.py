@@ -133,15 +133,15 @@ def test_parameter_groups_no_decay_and_layer_decay() -> None:
     assert len(by_name) == sum(1 for _ in model.parameters())
     # No decay on biases and LayerNorm weights (BERT / RoBERTa); decay on matrices and embeddings.
     assert by_name["encoder.layers.0.attention.norm.weight"]["weight_decay"] == 0.0
-    assert by_name["encoder.layers.0.attention.query.bias"]["weight_decay"] == 0.0
+    assert by_name["encoder.layers.0.attention.qkv.bias"]["weight_decay"] == 0.0
     assert by_name["head.bias"]["weight_decay"] == 0.0
     assert by_name["encoder.embeddings.norm.weight"]["weight_decay"] == 0.0
     assert by_name["encoder.layers.1.feed_forward.intermediate.weight"]["weight_decay"] == 0.01
     assert by_name["encoder.embeddings.words.weight"]["weight_decay"] == 0.01
     # 2 layers: embeddings 0.5^3, layer 0 0.5^2, layer 1 0.5, head 1.
     assert by_name["encoder.embeddings.words.weight"]["lr"] == 0.125
-    assert by_name["encoder.layers.0.attention.key.weight"]["lr"] == 0.25
-    assert by_name["encoder.layers.1.attention.key.weight"]["lr"] == 0.5
+    assert by_name["encoder.layers.0.attention.qkv.weight"]["lr"] == 0.25
+    assert by_name["encoder.layers.1.attention.qkv.weight"]["lr"] == 0.5
     assert by_name["head.dense.weight"]["lr"] == 1.0
 
 

@@ -124,7 +124,8 @@ def test_pretrain_from_scratch_validation_resume_and_fill_mask(corpus, tmp_path:
 
 
 def test_gpt2_id_tokenizer_gets_absolute_positions_that_transformers_opens(tmp_path: Path) -> None:
-    tokenizer = Tokenizer.from_pretrained("roberta")  # GPT-2 ids, <pad> = 50260
+    gpt2_files = Path(berta.__file__).parent / "assets" / "gpt2-bpe"
+    tokenizer = Tokenizer.from_pretrained(gpt2_files)  # GPT-2's own ids: <pad> = 50260
     model = build_model("tiny", tokenizer, block_size=64, seed=0).eval()
     assert (model.config.family, model.config.position_offset, model.config.pad_token_id) == ("bert", 0, 50260)
     model.save(tmp_path)

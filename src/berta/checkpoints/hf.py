@@ -30,19 +30,25 @@ WEIGHTS_NAME = "model.safetensors"
 PICKLE_WEIGHTS_NAME = "pytorch_model.bin"
 CONFIG_NAME = "config.json"
 
-# berta name -> HF name inside the encoder; "{i}" is the layer index.
-_ENCODER_TABLE = {
+# berta name -> HF name inside the encoder; "{i}" is the layer index. A tuple of names means the berta tensor is
+# those checkpoint tensors stacked along the first dimension.
+_ENCODER_TABLE: dict[str, str | tuple[str, ...]] = {
     "embeddings.words.weight": "embeddings.word_embeddings.weight",
     "embeddings.positions.weight": "embeddings.position_embeddings.weight",
     "embeddings.token_types.weight": "embeddings.token_type_embeddings.weight",
     "embeddings.norm.weight": "embeddings.LayerNorm.weight",
     "embeddings.norm.bias": "embeddings.LayerNorm.bias",
-    "layers.{i}.attention.query.weight": "encoder.layer.{i}.attention.self.query.weight",
-    "layers.{i}.attention.query.bias": "encoder.layer.{i}.attention.self.query.bias",
-    "layers.{i}.attention.key.weight": "encoder.layer.{i}.attention.self.key.weight",
-    "layers.{i}.attention.key.bias": "encoder.layer.{i}.attention.self.key.bias",
-    "layers.{i}.attention.value.weight": "encoder.layer.{i}.attention.self.value.weight",
-    "layers.{i}.attention.value.bias": "encoder.layer.{i}.attention.self.value.bias",
+    # berta stacks query, key and value in one projection; checkpoints keep three (stacked in this order).
+    "layers.{i}.attention.qkv.weight": (
+        "encoder.layer.{i}.attention.self.query.weight",
+        "encoder.layer.{i}.attention.self.key.weight",
+        "encoder.layer.{i}.attention.self.value.weight",
+    ),
+    "layers.{i}.attention.qkv.bias": (
+        "encoder.layer.{i}.attention.self.query.bias",
+        "encoder.layer.{i}.attention.self.key.bias",
+        "encoder.layer.{i}.attention.self.value.bias",
+    ),
     "layers.{i}.attention.output.weight": "encoder.layer.{i}.attention.output.dense.weight",
     "layers.{i}.attention.output.bias": "encoder.layer.{i}.attention.output.dense.bias",
     "layers.{i}.attention.norm.weight": "encoder.layer.{i}.attention.output.LayerNorm.weight",
@@ -118,21 +124,22 @@ class LoadReport:
     unused: list[str] = field(default_factory=list)
 
 
-def name_table(config: EncoderConfig, task: str, encoder_prefix: str) -> dict[str, str]:
-    """berta parameter name -> checkpoint tensor name for one model, layers expanded.
+def name_table(config: EncoderConfig, task: str, encoder_prefix: str) -> dict[str, tuple[str, ...]]:
+    """berta parameter name -> the checkpoint tensor names it is made of (stacked along dim 0), layers expanded.
 
     `encoder_prefix` is "" for a bare encoder checkpoint (BertModel) and "bert." / "roberta." inside task models.
 
     Example:
         >>> name_table(EncoderConfig.preset("tiny"), "masked-lm", "roberta.")["head.bias"]
-        'lm_head.bias'
+        ('lm_head.bias',)
     """
     inner = "" if task == "encoder" else "encoder."
     table = {}
     for ours, theirs in _ENCODER_TABLE.items():
+        names = (theirs,) if isinstance(theirs, str) else theirs
         for i in range(config.num_layers) if "{i}" in ours else [None]:
-            table[inner + ours.format(i=i)] = encoder_prefix + theirs.format(i=i)
-    table.update(_HEAD_TABLES[task, config.family == "bert"])
+            table[inner + ours.format(i=i)] = tuple(encoder_prefix + name.format(i=i) for name in names)
+    table.update({ours: (theirs,) for ours, theirs in _HEAD_TABLES[task, config.family == "bert"].items()})
     return table
 
 
@@ -188,34 +195,36 @@ def load_state(model: nn.Module, tensors: dict[str, Tensor], source: str) -> Loa
     missing_encoder = []
     state = {}
     for our_name, parameter in ours.items():
-        their_name = table.get(our_name)
-        if their_name is None:
+        their_names = table.get(our_name)
+        if their_names is None:
             raise KeyError(f"berta parameter {our_name} has no entry in the name table")  # a bug in berta
-        if their_name not in tensors:
+        if any(name not in tensors for name in their_names):
             is_head = not our_name.startswith(("encoder.", "embeddings.", "layers.")) or ".pooler." in f".{our_name}"
             (report.initialised if is_head else missing_encoder).append(our_name)
             continue
-        tensor = tensors[their_name]
-        if tuple(tensor.shape) != tuple(parameter.shape):
-            hint = ""
-            if "word_embeddings" in their_name:
-                hint = f" (config.json says vocab_size={config.vocab_size}; the tensor holds {tensor.shape[0]} rows)"
-            raise ValueError(
-                f"{source}: tensor {their_name} has shape {tuple(tensor.shape)}, but berta's {our_name} needs "
-                f"{tuple(parameter.shape)}{hint}"
-            )
-        state[our_name] = tensor
+        parts = [tensors[name] for name in their_names]
+        expected = (parameter.shape[0] // len(parts), *parameter.shape[1:])
+        for name, tensor in zip(their_names, parts, strict=True):
+            if tuple(tensor.shape) != tuple(expected):
+                hint = ""
+                if "word_embeddings" in name:
+                    hint = f" (config.json says vocab_size={config.vocab_size}; the tensor has {tensor.shape[0]} rows)"
+                raise ValueError(
+                    f"{source}: tensor {name} has shape {tuple(tensor.shape)}, but berta's {our_name} needs "
+                    f"{tuple(expected)}{hint}"
+                )
+        state[our_name] = parts[0] if len(parts) == 1 else torch.cat(parts)
     if missing_encoder:
         raise ValueError(f"{source}: encoder tensors missing from the checkpoint: {_names(missing_encoder, table)}")
     derived = {name.format(p=prefix) for name in _DERIVED}
-    used = set(table[name] for name in state)
+    used = {name for ours in state for name in table[ours]}
     report.unused = sorted(name for name in tensors if name not in used and name not in derived)
     model.load_state_dict(state, strict=False)
     return report
 
 
-def _names(names: list[str], table: dict[str, str]) -> str:
-    shown = [table.get(name, name) for name in names]
+def _names(names: list[str], table: dict[str, tuple[str, ...]]) -> str:
+    shown = [theirs for name in names for theirs in table[name] if theirs]
     return ", ".join(shown[:8]) + (f" and {len(shown) - 8} more" if len(shown) > 8 else "")
 
 
@@ -300,7 +309,12 @@ def state_for_saving(model: nn.Module) -> dict[str, Tensor]:
     config: EncoderConfig = model.config  # type: ignore[assignment]
     prefix = "" if model.task == "encoder" else config.hf_prefix + "."  # type: ignore[attr-defined]
     table = name_table(config, model.task, prefix)  # type: ignore[arg-type]
-    return {table[name]: tensor.detach().contiguous() for name, tensor in model.state_dict().items()}
+    tensors = {}
+    for name, tensor in model.state_dict().items():
+        their_names = table[name]
+        for their_name, part in zip(their_names, tensor.detach().chunk(len(their_names)), strict=True):
+            tensors[their_name] = part.contiguous()
+    return tensors
 
 
 def save(model: nn.Module, path: str | Path) -> None:

@@ -179,7 +179,7 @@ def layer_depth(name: str, num_layers: int) -> int:
     """Depth of a parameter for layer-wise lr decay: embeddings 0, layer i -> i + 1, heads num_layers + 1.
 
     Example:
-        >>> layer_depth("encoder.layers.3.attention.query.weight", 12)
+        >>> layer_depth("encoder.layers.3.attention.qkv.weight", 12)
         4
     """
     parts = name.split(".")
