@@ -123,22 +123,13 @@ def test_pretrain_from_scratch_validation_resume_and_fill_mask(corpus, tmp_path:
         assert repr(tokenizer.decode([token_id]).strip()) in line
 
 
-def test_gpt2_id_tokenizer_gets_absolute_positions_that_transformers_opens(tmp_path: Path) -> None:
-    gpt2_files = Path(berta.__file__).parent / "assets" / "gpt2-bpe"
-    tokenizer = Tokenizer.from_pretrained(gpt2_files)  # GPT-2's own ids: <pad> = 50260
-    model = build_model("tiny", tokenizer, block_size=64, seed=0).eval()
-    assert (model.config.family, model.config.position_offset, model.config.pad_token_id) == ("bert", 0, 50260)
-    model.save(tmp_path)
-    from transformers import AutoModelForMaskedLM
-
-    reference = AutoModelForMaskedLM.from_pretrained(tmp_path).eval()
-    assert type(reference).__name__ == "BertForMaskedLM"
-    batch = tokenizer(["Hello world!", "The capital of France is <mask>."], return_tensors="pt")
-    with torch.no_grad():
-        ours = model(batch["input_ids"], batch["attention_mask"]).logits
-        theirs = reference(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-    mask = batch["attention_mask"].bool()
-    assert torch.allclose(ours[mask], theirs[mask], atol=1e-5)
+def test_roberta_preset_tokenizer_builds_a_roberta_model_and_gpt2_ids_are_refused() -> None:
+    model = build_model("tiny", Tokenizer.from_pretrained("roberta"), block_size=64, seed=0)
+    config = model.config
+    assert (config.family, config.pad_token_id, config.position_offset, config.vocab_size) == ("roberta", 1, 2, 50262)
+    gpt2_ids = Tokenizer.from_pretrained(ASSETS)  # GPT-2's own ids: <pad> = 50260
+    with pytest.raises(ValueError, match=r"numbers <pad> 50260.*fairseq's layout.*the `roberta` preset"):
+        build_model("tiny", gpt2_ids, block_size=64, seed=0)
 
 
 def test_validation_loss_is_the_mean_over_all_masked_tokens(corpus) -> None:

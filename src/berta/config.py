@@ -253,6 +253,8 @@ PRESETS: dict[str, dict[str, Any]] = {
     "roberta-large": dict(_ROBERTA, **_LARGE),
     "xlm-roberta-base": dict(_ROBERTA, family="xlm-roberta", vocab_size=250002),
     "xlm-roberta-large": dict(_ROBERTA, family="xlm-roberta", vocab_size=250002, **_LARGE),
+    # A small RoBERTa for from-scratch runs on a CPU (the README's real pretraining run): 4 layers, hidden 256.
+    "small": dict(_ROBERTA, hidden_size=256, num_layers=4, num_heads=4, intermediate_size=1024),
     # Small enough for unit tests and from-scratch demos; RoBERTa conventions and GPT-2 BPE vocabulary.
     "tiny": dict(_ROBERTA, hidden_size=64, num_layers=2, num_heads=4, intermediate_size=256, max_positions=130),
 }

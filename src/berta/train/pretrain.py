@@ -147,9 +147,8 @@ def build_model(name_or_path: str, tokenizer: Any, block_size: int, seed: int = 
 
     From a preset, `vocab_size`, `pad_token_id` and the bos/eos ids come from the tokenizer. RoBERTa numbers
     positions from pad_id + 1 (fairseq `make_positions`; `transformers` does the same), which only fits the position
-    table when `<pad>` is id 1 (fairseq's dictionary layout). For a tokenizer that keeps GPT-2 ids and appends
-    the special tokens (`<pad>` = 50260) the model is built with BERT's absolute positions (family "bert", same
-    shape otherwise), which `transformers` opens as a BertForMaskedLM; a warning says so.
+    table when `<pad>` is id 1 (fairseq's dictionary layout, as the `roberta` tokenizer preset numbers). A
+    tokenizer that keeps GPT-2 ids and appends the special tokens (`<pad>` = 50260) is refused with the way out.
 
     Example:
         >>> model = build_model("tiny", Tokenizer.from_pretrained("roberta"), block_size=128)  # doctest: +SKIP
@@ -176,42 +175,21 @@ def build_model(name_or_path: str, tokenizer: Any, block_size: int, seed: int = 
             f"preset {name_or_path!r} is a {config.family} model but the data's tokenizer is a {tokenizer.family} "
             "tokenizer; choose a preset of the tokenizer's family"
         )
-    if _roberta_positions_fit(config, tokenizer, block_size):
-        config = config.replace(
-            vocab_size=len(tokenizer),
-            pad_token_id=tokenizer.pad_id,
-            bos_token_id=None if config.family == "bert" else tokenizer.cls_id,
-            eos_token_id=None if config.family == "bert" else tokenizer.sep_id,
-            position_offset=tokenizer.pad_id + 1 if config.position_offset else 0,
+    if config.position_offset and tokenizer.pad_id != 1:
+        raise ValueError(
+            f"the data's tokenizer numbers <pad> {tokenizer.pad_id}, but RoBERTa-family positions count from "
+            "pad_id + 1 and the position table would need that many rows; use a tokenizer in fairseq's layout "
+            "(<s>=0, <pad>=1, </s>=2, <unk>=3): the `roberta` preset, or a dict.txt beside vocab.json and merges.txt"
         )
-    else:
-        config = _absolute_positions(config, tokenizer)
+    config = config.replace(
+        vocab_size=len(tokenizer),
+        pad_token_id=tokenizer.pad_id,
+        bos_token_id=None if config.family == "bert" else tokenizer.cls_id,
+        eos_token_id=None if config.family == "bert" else tokenizer.sep_id,
+    )
     _check_positions(config, block_size, f"preset {name_or_path}")
     torch.manual_seed(seed)  # the same initial weights on every rank and on every resume
     return berta.create(config, "masked-lm")
-
-
-def _roberta_positions_fit(config: EncoderConfig, tokenizer: Any, block_size: int) -> bool:
-    return not config.position_offset or tokenizer.pad_id + 1 + block_size <= config.max_positions
-
-
-def _absolute_positions(config: EncoderConfig, tokenizer: Any) -> EncoderConfig:
-    log.warning(
-        "the tokenizer's <pad> is id %d: RoBERTa's padding-offset positions (pad_id + 1 onwards) would need a "
-        "position table of %d rows, so this %s-shaped model uses BERT's absolute positions (family 'bert'). "
-        "For a RoBERTa-family model, use a tokenizer with fairseq's layout (<s>=0, <pad>=1, </s>=2, <unk>=3: "
-        "a dict.txt beside vocab.json and merges.txt).",
-        tokenizer.pad_id, tokenizer.pad_id + config.max_positions, config.family,
-    )
-    return config.replace(
-        family="bert",
-        vocab_size=len(tokenizer),
-        pad_token_id=tokenizer.pad_id,
-        bos_token_id=None,
-        eos_token_id=None,
-        position_offset=0,
-        max_positions=config.max_length,
-    )
 
 
 def _check_positions(config: EncoderConfig, block_size: int, source: str) -> None:
