@@ -246,7 +246,7 @@ def _loss_of(model, task, input_ids, attention_mask, is_reference):
     return model(input_ids, attention_mask, **keyword).loss
 
 
-@pytest.mark.parametrize("family", ["bert", "roberta"])
+@pytest.mark.parametrize("family", FAMILIES)
 @pytest.mark.parametrize("task", TASKS)
 def test_gradients_of_every_parameter_match(family, task, tmp_path):
     reference = hf_model(family, task)
