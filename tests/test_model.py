@@ -259,7 +259,7 @@ def test_gradients_of_every_parameter_match(family, task, tmp_path):
     loss.backward()
     prefix = "" if task == "encoder" else reference.base_model_prefix + "."
     table = name_table(model.config, task, prefix)
-    reference_parameters = dict(reference.named_parameters())
+    reference_parameters = dict(reference.named_parameters(remove_duplicate=False))  # tied names too
     for name, parameter in model.named_parameters():
         expected = torch.cat([reference_parameters[theirs].grad for theirs in table[name]])
         assert parameter.grad is not None, name
