@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 # command words -> "module:function". The function takes one settings dataclass (its first parameter's
-# annotation). Kept as strings so `berta --help` does not import torch-heavy modules.
+# annotation), from which the job's options are generated.
 JOBS: dict[tuple[str, ...], str] = {
     ("pretrain",): "berta.train.pretrain:pretrain",
     ("fill-mask",): "berta.inference.fill_mask:fill_mask",
