@@ -286,7 +286,13 @@ def _resolve_directory(path: str | Path) -> Path:
             raise FileNotFoundError(
                 f"{path}: no such directory (and huggingface_hub is not installed to fetch it from the hub)"
             ) from None
-        return Path(snapshot_download(str(path), allow_patterns=["*.json", "*.safetensors", "*.txt", "*.model"]))
+        try:
+            patterns = ["*.json", "*.safetensors", "*.txt", "*.model"]
+            return Path(snapshot_download(str(path), allow_patterns=patterns))
+        except Exception as error:  # offline, unknown repository, no access: say both things that were tried
+            raise FileNotFoundError(
+                f"{path}: no such model directory, and fetching it from the hub failed ({type(error).__name__})"
+            ) from None
     raise FileNotFoundError(f"{path}: no such model directory")
 
 
