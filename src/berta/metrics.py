@@ -453,9 +453,7 @@ def normalize_answer(text: str) -> str:
     return " ".join(_ARTICLES.sub(" ", text).split())
 
 
-def _f1_v1(prediction: str, gold: str) -> float:
-    prediction_tokens = normalize_answer(prediction).split()
-    gold_tokens = normalize_answer(gold).split()
+def _token_f1(prediction_tokens: list[str], gold_tokens: list[str]) -> float:
     same = sum((collections.Counter(prediction_tokens) & collections.Counter(gold_tokens)).values())
     if same == 0:
         return 0.0
@@ -464,18 +462,17 @@ def _f1_v1(prediction: str, gold: str) -> float:
     return (2 * precision * recall) / (precision + recall)
 
 
+def _f1_v1(prediction: str, gold: str) -> float:
+    return _token_f1(normalize_answer(prediction).split(), normalize_answer(gold).split())
+
+
 def _f1_v2(gold: str, prediction: str) -> float:
     gold_tokens = normalize_answer(gold).split() if gold else []
     prediction_tokens = normalize_answer(prediction).split() if prediction else []
     if not gold_tokens or not prediction_tokens:
         # v2: a no-answer scores 1 only against a no-answer.
         return float(gold_tokens == prediction_tokens)
-    same = sum((collections.Counter(gold_tokens) & collections.Counter(prediction_tokens)).values())
-    if same == 0:
-        return 0.0
-    precision = 1.0 * same / len(prediction_tokens)
-    recall = 1.0 * same / len(gold_tokens)
-    return (2 * precision * recall) / (precision + recall)
+    return _token_f1(prediction_tokens, gold_tokens)
 
 
 def _exact(prediction: str, gold: str) -> float:
