@@ -11,15 +11,14 @@ import warnings
 import pytest
 
 from berta.data.readers import (
-    LabelVocabulary,
     QAExample,
     Sentence,
     TextExample,
-    label_vocabulary,
     read_conll,
     read_squad,
     read_table,
 )
+from berta.tasks.labels import LabelVocabulary, label_vocabulary
 
 # --------------------------------------------------------------------------- tables
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from berta.data.readers import TextExample
-from berta.tasks import bucketed_order, collate_inputs, length_batches
+from berta.tasks.base import bucketed_order, collate_inputs, length_batches
 from berta.tasks.classification import MULTI_LABEL, REGRESSION, SINGLE_LABEL, ClassificationTask, infer_problem_type
 from berta.tokenizer import Tokenizer
 

@@ -5,8 +5,9 @@ with character offsets, scheme detection, and bad input."""
 import numpy as np
 import pytest
 
+from berta.config import IGNORE_INDEX as IGNORE
 from berta.data.readers import Sentence
-from berta.tasks.tokens import IGNORE, TokenTask, detect_scheme, entity_spans, word_offsets
+from berta.tasks.tokens import TokenTask, detect_scheme, entity_spans, word_offsets
 
 SENTENCE = Sentence(
     ["Zoë", "Nakamura-Lindqvist", "visited", "Reykjavík", "."], ["B-PER", "I-PER", "O", "B-LOC", "O"], "s.conll", 1

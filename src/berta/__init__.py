@@ -11,11 +11,12 @@ from berta.model import (
     Encoder,
     EncoderOutput,
     MaskedLM,
+    MultipleChoice,
     QuestionAnswering,
     SequenceClassifier,
     TokenClassifier,
-    create,
 )
+from berta.tasks import create
 from berta.tokenizer import Tokenizer
 
 __all__ = [
@@ -24,6 +25,7 @@ __all__ = [
     "EncoderConfig",
     "EncoderOutput",
     "MaskedLM",
+    "MultipleChoice",
     "QuestionAnswering",
     "SequenceClassifier",
     "TokenClassifier",

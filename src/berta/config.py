@@ -10,11 +10,16 @@ import dataclasses
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
 FAMILIES = ("bert", "roberta", "xlm-roberta", "camembert")
 ACTIVATIONS = ("gelu", "relu", "gelu_new", "gelu_pytorch_tanh", "silu")
 PROBLEM_TYPES = ("single_label_classification", "multi_label_classification", "regression")
+ProblemType = Literal["single_label_classification", "multi_label_classification", "regression"]
+# The label of a token or example the loss skips: torch's cross_entropy default ignore_index.
+IGNORE_INDEX = -100
+
+assert get_args(ProblemType) == PROBLEM_TYPES  # one list, spelled twice only because Literal needs literals
 
 # HF config.json field -> EncoderConfig field, for the fields whose names differ.
 _HF_NAMES = {

@@ -26,6 +26,8 @@ from typing import IO, Any
 _MAGIC = ((b"\x1f\x8b", "gzip"), (b"BZh", "bz2"), (b"\xfd7zXZ\x00", "xz"))
 _OPENERS: dict[str, Callable[..., IO[bytes]]] = {"gzip": gzip.open, "bz2": bz2.open, "xz": lzma.open}
 COMPRESSED_SUFFIXES = (".gz", ".bz2", ".xz")
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)  # read once, at import: the process's umask, which mkstemp does not apply
 
 
 def compression(path: str | Path) -> str | None:
@@ -87,14 +89,14 @@ def lines(path: str | Path, encoding: str = "utf-8") -> Iterator[tuple[int, str]
     the (decompressed) file. The lines keep their endings, so `csv.reader(text for _, text in lines(path))`
     reads quoted fields that span lines.
 
-    Example:
+    Example (the doctest's ELLIPSIS stands for the temporary directory and the end of the message):
         >>> import tempfile, pathlib
         >>> file = pathlib.Path(tempfile.mkdtemp()) / "bad.txt"
         >>> _ = file.write_bytes("\\ufeffgood\\n".encode() + b"caf\\xe9\\n")
         >>> list(lines(file))
         Traceback (most recent call last):
         ...
-        ValueError: .../bad.txt line 2: not valid utf-8 text (byte offset 11 in the file); pass --encoding if it is another encoding
+        ValueError: .../bad.txt line 2: not valid utf-8 text (byte offset 11 in the file); pass --encoding ...
     """
     path = Path(path)
     offset, number = 0, 0
@@ -190,6 +192,7 @@ def atomic_write(target: str | Path, write: Callable[[Path], Any]) -> Path:
     temporary = Path(name)
     try:
         write(temporary)
+        os.chmod(temporary, 0o666 & ~_UMASK)  # mkstemp makes files private (0600); give the usual mode
         with open(temporary, "rb") as written:
             os.fsync(written.fileno())
         os.replace(temporary, target)

@@ -20,6 +20,7 @@ left-padded batches, because numbering starts at each row's first real token.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from berta.config import EncoderConfig
+from berta.config import ACTIVATIONS, IGNORE_INDEX, EncoderConfig
 
 
 @dataclass
@@ -45,12 +46,30 @@ class EncoderOutput:
 
 def _activation(name: str):
     if name == "gelu":
-        return F.gelu
+        return F.gelu  # exact (erf) GELU, as BERT and RoBERTa were trained
     if name in ("gelu_new", "gelu_pytorch_tanh"):
         return lambda x: F.gelu(x, approximate="tanh")
     if name == "relu":
         return F.relu
-    return F.silu
+    if name == "silu":
+        return F.silu
+    raise ValueError(f"hidden_act {name!r} is not supported; expected one of {ACTIVATIONS}")
+
+
+# The checkpoint writer (`berta.checkpoints.hf`) reads the task registry, which imports this file; so the
+# writer registers itself here when the package is imported, and the import graph stays one-way.
+_CHECKPOINT_WRITERS: list[Callable[[nn.Module, Path], None]] = []
+
+
+def register_checkpoint_writer(writer: Callable[[nn.Module, Path], None]) -> None:
+    """Set the function behind `model.save(path)` (done once, by `berta.checkpoints.hf`)."""
+    _CHECKPOINT_WRITERS[:] = [writer]
+
+
+def save_checkpoint(model: nn.Module, path: str | Path) -> None:
+    if not _CHECKPOINT_WRITERS:
+        raise RuntimeError("no checkpoint writer registered: import berta (berta.checkpoints.hf registers it)")
+    _CHECKPOINT_WRITERS[0](model, Path(path))
 
 
 class TokenLayout:
@@ -298,9 +317,7 @@ class Encoder(nn.Module):
 
     def save(self, path: str | Path) -> None:
         """Write `config.json` + `model.safetensors` in the Hugging Face layout (opens in `transformers`)."""
-        from berta.checkpoints.hf import save
-
-        save(self, path)
+        save_checkpoint(self, path)
 
 
 def first_tokens(hidden: Tensor, attention_mask: Tensor) -> Tensor:
@@ -329,9 +346,7 @@ class TaskModel(nn.Module):
 
     def save(self, path: str | Path) -> None:
         """Write `config.json` + `model.safetensors` in the Hugging Face layout (opens in `transformers`)."""
-        from berta.checkpoints.hf import save
-
-        save(self, path)
+        save_checkpoint(self, path)
 
 
 class MaskedLMHead(nn.Module):
@@ -353,7 +368,7 @@ class MaskedLM(TaskModel):
 
     `logits` are (batch, seq, vocab); with `masked_positions` (a (batch, seq) bool tensor) only those tokens are
     scored and `logits` are (masked, vocab) in row-major order — the pretraining path, which skips the
-    vocabulary projection for the ~85% of tokens that carry no label. `labels` use -100 for "no label".
+    vocabulary projection for the ~85% of tokens that carry no label. `labels` use IGNORE_INDEX (-100) for "no label".
     """
 
     task = "masked-lm"
@@ -387,7 +402,9 @@ class MaskedLM(TaskModel):
             targets = None if labels is None else labels[masked_positions]
         if targets is not None:
             vocab = output.logits.shape[-1]
-            output.loss = F.cross_entropy(output.logits.reshape(-1, vocab).float(), targets.reshape(-1))
+            output.loss = F.cross_entropy(
+                output.logits.reshape(-1, vocab).float(), targets.reshape(-1), ignore_index=IGNORE_INDEX
+            )
         return output
 
 
@@ -475,7 +492,7 @@ class SequenceClassifier(TaskModel):
 
 
 class TokenClassifier(TaskModel):
-    """Per-token classification (NER, POS): `logits` (batch, seq, num_labels); labels -100 are ignored."""
+    """Per-token classification (NER, POS): `logits` (batch, seq, num_labels); IGNORE_INDEX labels are ignored."""
 
     task = "tokens"
 
@@ -498,7 +515,10 @@ class TokenClassifier(TaskModel):
         output = self.encoder(input_ids, attention_mask, token_type_ids, position_ids, output_attentions)
         output.logits = self.classifier(self.dropout(output.last_hidden_state))
         if labels is not None:
-            output.loss = F.cross_entropy(output.logits.reshape(-1, self.config.num_labels).float(), labels.reshape(-1))
+            output.loss = F.cross_entropy(
+                output.logits.reshape(-1, self.config.num_labels).float(), labels.reshape(-1),
+                ignore_index=IGNORE_INDEX,
+            )
         return output
 
 
@@ -539,13 +559,48 @@ class QuestionAnswering(TaskModel):
         return output
 
 
-TASK_MODELS: dict[str, type[nn.Module]] = {
-    "encoder": Encoder,
-    "masked-lm": MaskedLM,
-    "classification": SequenceClassifier,
-    "tokens": TokenClassifier,
-    "qa": QuestionAnswering,
-}
+class MultipleChoice(TaskModel):
+    """Multiple choice (RACE, SWAG): every (context, choice) row is encoded, its pooled first token scored by one
+    linear unit, and the scores of a question's choices compete in a softmax.
+
+    Inputs are (batch, choices, seq); `logits` are (batch, choices); `labels` (batch,) index the right choice. As
+    `transformers`' *ForMultipleChoice: BERT's pooler for both families, dropout `classifier_dropout` (BERT; else
+    the hidden dropout) or the hidden dropout (RoBERTa family).
+    """
+
+    task = "multiple-choice"
+
+    def __init__(self, config: EncoderConfig):
+        super().__init__(config, add_pooler=True)
+        bert_dropout = config.classifier_dropout if config.classifier_dropout is not None else config.hidden_dropout
+        self.dropout = nn.Dropout(bert_dropout if config.family == "bert" else config.hidden_dropout)
+        self.classifier = nn.Linear(config.hidden_size, 1)
+
+    def forward(
+        self,
+        input_ids: Tensor,
+        attention_mask: Tensor | None = None,
+        token_type_ids: Tensor | None = None,
+        position_ids: Tensor | None = None,
+        output_attentions: bool = False,
+        labels: Tensor | None = None,
+    ) -> EncoderOutput:
+        if input_ids.dim() != 3:
+            raise ValueError(
+                f"multiple choice takes input_ids of shape (batch, choices, seq), got {tuple(input_ids.shape)}"
+            )
+        batch, choices, seq = input_ids.shape
+
+        def rows(tensor: Tensor | None) -> Tensor | None:  # (batch, choices, seq) -> (batch * choices, seq)
+            return None if tensor is None else tensor.reshape(batch * choices, seq)
+
+        output = self.encoder(
+            rows(input_ids), rows(attention_mask), rows(token_type_ids), rows(position_ids), output_attentions
+        )
+        output.logits = self.classifier(self.dropout(output.pooler_output)).view(batch, choices)
+        if labels is not None:
+            output.loss = F.cross_entropy(output.logits.float(), labels.view(-1), ignore_index=IGNORE_INDEX)
+        return output
 
 
 def init_weights(model: nn.Module, config: EncoderConfig) -> nn.Module:
@@ -566,14 +621,3 @@ def init_weights(model: nn.Module, config: EncoderConfig) -> nn.Module:
         elif isinstance(module, MaskedLMHead):
             nn.init.zeros_(module.bias)
     return model
-
-
-def create(config: EncoderConfig, task: str = "encoder") -> nn.Module:
-    """A freshly initialised model for `task` (one of `TASK_MODELS`).
-
-    Example:
-        >>> model = create(EncoderConfig.preset("tiny"), "masked-lm")
-    """
-    if task not in TASK_MODELS:
-        raise ValueError(f"unknown task {task!r}; tasks are {sorted(TASK_MODELS)}")
-    return init_weights(TASK_MODELS[task](config), config)

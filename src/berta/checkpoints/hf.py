@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,9 +18,10 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
+from berta import io, tasks
 from berta.config import EncoderConfig
-from berta.model import TASK_MODELS
-from berta.model import create as create_model
+from berta.model import register_checkpoint_writer
+from berta.tasks.masked_lm import MaskedLMTask
 
 log = logging.getLogger(__name__)
 
@@ -63,59 +62,13 @@ _ENCODER_TABLE: dict[str, str | tuple[str, ...]] = {
     "pooler.dense.bias": "pooler.dense.bias",
 }
 
-# Heads: berta name -> HF name, per (task, BERT family or RoBERTa family). Heads sit outside the encoder prefix.
-_BERT_MLM = {
-    "head.dense.weight": "cls.predictions.transform.dense.weight",
-    "head.dense.bias": "cls.predictions.transform.dense.bias",
-    "head.norm.weight": "cls.predictions.transform.LayerNorm.weight",
-    "head.norm.bias": "cls.predictions.transform.LayerNorm.bias",
-    "head.bias": "cls.predictions.bias",
-}
-_ROBERTA_MLM = {
-    "head.dense.weight": "lm_head.dense.weight",
-    "head.dense.bias": "lm_head.dense.bias",
-    "head.norm.weight": "lm_head.layer_norm.weight",
-    "head.norm.bias": "lm_head.layer_norm.bias",
-    "head.bias": "lm_head.bias",
-}
-_HEAD_TABLES: dict[tuple[str, bool], dict[str, str]] = {
-    ("encoder", True): {},
-    ("encoder", False): {},
-    ("masked-lm", True): _BERT_MLM,
-    ("masked-lm", False): _ROBERTA_MLM,
-    ("classification", True): {
-        "head.classifier.weight": "classifier.weight",
-        "head.classifier.bias": "classifier.bias",
-    },
-    ("classification", False): {
-        "head.dense.weight": "classifier.dense.weight",
-        "head.dense.bias": "classifier.dense.bias",
-        "head.out_proj.weight": "classifier.out_proj.weight",
-        "head.out_proj.bias": "classifier.out_proj.bias",
-    },
-    ("tokens", True): {"classifier.weight": "classifier.weight", "classifier.bias": "classifier.bias"},
-    ("tokens", False): {"classifier.weight": "classifier.weight", "classifier.bias": "classifier.bias"},
-    ("qa", True): {"qa_outputs.weight": "qa_outputs.weight", "qa_outputs.bias": "qa_outputs.bias"},
-    ("qa", False): {"qa_outputs.weight": "qa_outputs.weight", "qa_outputs.bias": "qa_outputs.bias"},
-}
 # Tensors that checkpoints may carry but that are copies of others (tied decoder) or buffers, not weights.
 _DERIVED = {
-    "cls.predictions.decoder.weight",
-    "cls.predictions.decoder.bias",
-    "lm_head.decoder.weight",
-    "lm_head.decoder.bias",
+    *MaskedLMTask.derived,
     "{p}embeddings.position_ids",
     "{p}embeddings.token_type_ids",
 }
-_ARCHITECTURE_SUFFIX = {
-    "encoder": "Model",
-    "masked-lm": "ForMaskedLM",
-    "classification": "ForSequenceClassification",
-    "tokens": "ForTokenClassification",
-    "qa": "ForQuestionAnswering",
-}
-
-
+_FAMILY_CLASS_PREFIXES = ("Bert", "Roberta", "XLMRoberta", "Camembert")
 @dataclass
 class LoadReport:
     """What loading did beyond copying tensors: names of initialised and of unused checkpoint tensors."""
@@ -139,23 +92,35 @@ def name_table(config: EncoderConfig, task: str, encoder_prefix: str) -> dict[st
         names = (theirs,) if isinstance(theirs, str) else theirs
         for i in range(config.num_layers) if "{i}" in ours else [None]:
             table[inner + ours.format(i=i)] = tuple(encoder_prefix + name.format(i=i) for name in names)
-    table.update({ours: (theirs,) for ours, theirs in _HEAD_TABLES[task, config.family == "bert"].items()})
+    table.update({ours: (theirs,) for ours, theirs in tasks.get(task).head_table(config).items()})
     return table
 
 
 def architecture_name(config: EncoderConfig, task: str) -> str:
-    return config.hf_class_prefix + _ARCHITECTURE_SUFFIX[task]
+    """The `transformers` class of a task model of this family: (roberta, "qa") -> RobertaForQuestionAnswering."""
+    return config.hf_class_prefix + tasks.get(task).architecture_suffix
+
+
+def architectures() -> dict[str, str]:
+    """Every `transformers` architecture berta builds -> its task: an explicit table, never a suffix match (so
+    `BertLMHeadModel`, a decoder, is refused rather than loaded as a bare encoder).
+
+    Example:
+        >>> architectures()["XLMRobertaForTokenClassification"]
+        'tokens'
+    """
+    return {prefix + task.architecture_suffix: name for name, task in tasks.TASKS.items()
+            for prefix in _FAMILY_CLASS_PREFIXES}
 
 
 def task_of_architecture(architecture: str) -> str:
-    """'XLMRobertaForTokenClassification' -> 'tokens'; unknown heads raise ValueError."""
-    for task, suffix in sorted(_ARCHITECTURE_SUFFIX.items(), key=lambda item: -len(item[1])):
-        if architecture.endswith(suffix):
-            return task
-    raise ValueError(
-        f"architecture {architecture!r} is not one berta builds; expected a name ending in one of "
-        f"{sorted(_ARCHITECTURE_SUFFIX.values())}"
-    )
+    """'XLMRobertaForTokenClassification' -> 'tokens'; an architecture berta does not build raises ValueError."""
+    table = architectures()
+    if architecture not in table:
+        raise ValueError(
+            f"architecture {architecture!r} is not one berta builds; berta builds {sorted(table)}"
+        )
+    return table[architecture]
 
 
 def read_weights(directory: Path) -> dict[str, Tensor]:
@@ -238,7 +203,7 @@ def load(
     """Load a model directory in the Hugging Face layout.
 
     The task model is the one `config.json`'s `architectures` names, unless `task` asks for another
-    ("encoder", "masked-lm", "classification", "tokens", "qa"); a new head is initialised and reported.
+    (a name in `berta.tasks.TASKS`); a new head is initialised and reported.
     `id2label` sets the labels of a new classification or token-classification head.
 
     Example:
@@ -250,16 +215,15 @@ def load(
     architectures = config.extra.get("architectures") or []
     saved_task = task_of_architecture(architectures[0]) if architectures else "encoder"
     task = task or saved_task
-    if task not in TASK_MODELS:
-        raise ValueError(f"unknown task {task!r}; tasks are {sorted(TASK_MODELS)}")
-    if id2label is not None:
+    needs_labels = tasks.get(task).needs_labels  # raises on an unknown task name
+    if id2label:
         config.id2label = {int(k): str(v) for k, v in id2label.items()}
-    elif task == saved_task and task in ("classification", "tokens") and not config.id2label:
+    elif task == saved_task and needs_labels and not config.id2label:
         config.id2label = {0: "LABEL_0", 1: "LABEL_1"}  # transformers leaves its default two labels unsaved
-    elif task in ("classification", "tokens") and not config.id2label:
+    elif needs_labels and not config.id2label:
         raise ValueError(f"{directory}: the checkpoint has no labels; pass id2label to put a {task} head on it")
     tensors = read_weights(directory)
-    model = create_model(config, task)
+    model = tasks.create(config, task)
     report = load_state(model, tensors, str(directory))
     if report.initialised:
         log.warning("%s: new %s head initialised: %s", directory, task, ", ".join(report.initialised))
@@ -296,20 +260,6 @@ def _resolve_directory(path: str | Path) -> Path:
     raise FileNotFoundError(f"{path}: no such model directory")
 
 
-def _atomic_write(target: Path, write) -> None:
-    """Write through a temporary file in the same directory, fsync, then rename over `target`."""
-    handle, temporary = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    os.close(handle)
-    try:
-        write(temporary)
-        with open(temporary, "rb") as written:
-            os.fsync(written.fileno())
-        os.replace(temporary, target)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-
-
 def state_for_saving(model: nn.Module) -> dict[str, Tensor]:
     """The model's tensors under their Hugging Face names (tied decoder left out, as `transformers` saves)."""
     config: EncoderConfig = model.config  # type: ignore[assignment]
@@ -329,9 +279,11 @@ def save(model: nn.Module, path: str | Path) -> None:
     directory.mkdir(parents=True, exist_ok=True)
     config: EncoderConfig = model.config  # type: ignore[assignment]
     tensors = {name: tensor.cpu() for name, tensor in state_for_saving(model).items()}
-    _atomic_write(directory / WEIGHTS_NAME, lambda file: save_file(tensors, file, metadata={"format": "pt"}))
+    io.atomic_write(directory / WEIGHTS_NAME, lambda file: save_file(tensors, str(file), metadata={"format": "pt"}))
     hf_config = config.to_hf_dict(architecture_name(config, model.task))  # type: ignore[arg-type]
     if tensors:
         hf_config["dtype"] = str(next(iter(tensors.values())).dtype).removeprefix("torch.")
-    text = json.dumps(hf_config, indent=2, sort_keys=True) + "\n"
-    _atomic_write(directory / CONFIG_NAME, lambda file: Path(file).write_text(text, encoding="utf-8"))
+    io.atomic_write_text(directory / CONFIG_NAME, json.dumps(hf_config, indent=2, sort_keys=True) + "\n")
+
+
+register_checkpoint_writer(save)

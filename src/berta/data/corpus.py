@@ -31,14 +31,16 @@ from collections import deque
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, Literal, get_args
 
 import numpy as np
 
 from berta.tokenizer import Tokenizer
 
-BREAK_MODES = ("full-sentences", "doc-sentences", "complete", "line")
-DOCUMENT_SEPARATORS = ("newline", "blank-line")
+BreakMode = Literal["full-sentences", "doc-sentences", "complete", "line"]
+DocumentSeparator = Literal["newline", "blank-line"]
+BREAK_MODES = get_args(BreakMode)
+DOCUMENT_SEPARATORS = get_args(DocumentSeparator)
 SPLITS = ("train", "validation")
 MANIFEST = "manifest.json"
 FORMAT = "berta-corpus"
@@ -65,19 +67,17 @@ class PrepareSettings:
     output: Path = field(metadata={"help": "data directory to write (shards, manifest.json)"})
     # RoBERTa's FULL-SENTENCES packing and 512-token blocks (Liu et al. 2019, section 4.2; fairseq
     # tokens_per_sample=512).
-    break_mode: str = field(default="full-sentences", metadata={
+    break_mode: BreakMode = field(default="full-sentences", metadata={
         "help": "how samples are cut: full-sentences (pack across documents), doc-sentences (never cross a "
-                "document), complete (whole sentences up to the block size), line (one line per sample)",
-        "choices": list(BREAK_MODES)})
+                "document), complete (whole sentences up to the block size), line (one line per sample)"})
     block_size: int = field(default=512, metadata={"help": "tokens per sample, special tokens included"})
     validation_fraction: float = field(default=0.01, metadata={
         "help": "share of documents held out for validation, chosen by a hash of each document's text"})
     workers: int = field(default=1, metadata={"help": "tokenizing processes"})
     text_field: str = field(default="text", metadata={"help": "JSONL field holding a document's text"})
-    document_separator: str = field(default="newline", metadata={
+    document_separator: DocumentSeparator = field(default="newline", metadata={
         "help": "plain text: one document per line (newline) or documents separated by blank lines, one "
-                "sentence per line (blank-line)",
-        "choices": list(DOCUMENT_SEPARATORS)})
+                "sentence per line (blank-line)"})
     languages: list[str] = field(default_factory=list, metadata={
         "help": "language code of each input file (or one for all); with --parallel, the source and target "
                 "languages"})

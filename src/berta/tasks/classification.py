@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -17,12 +18,25 @@ import torch
 from torch import nn
 
 from berta import metrics
-from berta.data.readers import LabelVocabulary, TextExample, label_vocabulary, read_table
-from berta.tasks import collate_inputs, run_model, softmax
+from berta.config import PROBLEM_TYPES, EncoderConfig
+from berta.data.readers import TextExample, read_table
+from berta.model import SequenceClassifier
+from berta.tasks.base import Options, Task, collate_inputs, register, run_model, softmax
+from berta.tasks.labels import LabelVocabulary, label_vocabulary
 from berta.tokenizer import Tokenizer
 
-SINGLE_LABEL, MULTI_LABEL, REGRESSION = "single_label_classification", "multi_label_classification", "regression"
-PROBLEM_TYPES = (SINGLE_LABEL, MULTI_LABEL, REGRESSION)
+SINGLE_LABEL, MULTI_LABEL, REGRESSION = PROBLEM_TYPES
+# The metric that selects the best model, per problem type.
+_MAIN_METRIC = {SINGLE_LABEL: "accuracy", MULTI_LABEL: "micro_f1", REGRESSION: "spearman"}
+
+
+@dataclass(kw_only=True)
+class ClassificationOptions(Options):
+    text_column: str = field(default="text", metadata={"help": "column of the text"})
+    text_pair_column: str | None = field(
+        default=None, metadata={"help": "column of the second text of a pair (NLI, paraphrase)"}
+    )
+    label_column: str = field(default="label", metadata={"help": "column of the label(s)"})
 
 
 def _number(text: str) -> float | None:
@@ -50,7 +64,8 @@ def infer_problem_type(examples: Sequence[TextExample]) -> str:
     return SINGLE_LABEL
 
 
-class ClassificationTask:
+@register
+class ClassificationTask(Task):
     """Featurize, collate, predict and score sequence classification.
 
     Example:
@@ -60,6 +75,21 @@ class ClassificationTask:
     """
 
     name = "classification"
+    model_class = SequenceClassifier
+    heads = {
+        "bert": {"head.classifier.weight": "classifier.weight", "head.classifier.bias": "classifier.bias"},
+        "roberta": {
+            "head.dense.weight": "classifier.dense.weight",
+            "head.dense.bias": "classifier.dense.bias",
+            "head.out_proj.weight": "classifier.out_proj.weight",
+            "head.out_proj.bias": "classifier.out_proj.bias",
+        },
+    }
+    architecture_suffix = "ForSequenceClassification"
+    needs_labels = True
+    # GLUE-style sentences and pairs fit 128 tokens (RoBERTa's GLUE runs use up to 512; 128 is BERT's default).
+    default_max_length = 128
+    options = ClassificationOptions
     outputs, per_token = ("logits",), False
 
     def __init__(
@@ -85,6 +115,25 @@ class ClassificationTask:
         self.average = average
         self.threshold = threshold  # multi-label: a label is predicted when its probability exceeds this
         self.vocabulary = LabelVocabulary.from_id2label(id2label) if id2label else None
+
+    @classmethod
+    def from_options(cls, tokenizer: Tokenizer, options: Any, id2label: Mapping[int, str] | None = None,
+                     problem_type: str | None = None) -> ClassificationTask:
+        own = cls.own_options(options)
+        return cls(tokenizer, cls.length(options), own.text_column, own.text_pair_column, own.label_column,
+                   problem_type=problem_type, id2label=id2label)
+
+    @classmethod
+    def from_checkpoint(cls, tokenizer: Tokenizer, options: Any, config: EncoderConfig) -> ClassificationTask:
+        # transformers' rule when the config does not say: one output is a regression, more are classes.
+        problem_type = config.problem_type or (REGRESSION if config.num_labels == 1 else SINGLE_LABEL)
+        return cls.from_options(tokenizer, options, id2label=config.id2label or None, problem_type=problem_type)
+
+    def main_metric(self) -> str:
+        return _MAIN_METRIC[self.problem_type or SINGLE_LABEL]
+
+    def configure_model(self, model: nn.Module) -> None:
+        model.config.problem_type = self.problem_type  # type: ignore[union-attr]  # the loss follows it
 
     # -- data ----------------------------------------------------------------------------------------
 

@@ -14,7 +14,8 @@ the windows; the question is unanswered when null score - best span score > `nul
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -24,11 +25,26 @@ from torch import nn
 
 from berta import metrics
 from berta.data.readers import QAExample, read_squad
-from berta.tasks import collate_inputs, run_model
+from berta.model import QuestionAnswering
+from berta.tasks.base import Options, Task, collate_inputs, register, run_model
 from berta.tokenizer import Tokenizer
 
 
-class QATask:
+@dataclass(kw_only=True)
+class QAOptions(Options):
+    # Defaults: BERT's run_squad.py (doc_stride 128, max_query_length 64, n_best_size 20, max_answer_length 30,
+    # null_score_diff_threshold 0.0).
+    stride: int = field(default=128, metadata={"help": "tokens shared by consecutive context windows"})
+    max_query_length: int = field(default=64, metadata={"help": "question tokens kept"})
+    n_best: int = field(default=20, metadata={"help": "start and end candidates per window, spans kept"})
+    max_answer_length: int = field(default=30, metadata={"help": "longest answer in tokens"})
+    null_threshold: float = field(
+        default=0.0, metadata={"help": "SQuAD v2: answer nothing when null score - best span score exceeds this"}
+    )
+
+
+@register
+class QATask(Task):
     """Featurize, collate, predict and score SQuAD-style extractive QA.
 
     Example:
@@ -38,7 +54,26 @@ class QATask:
     """
 
     name = "qa"
+    model_class = QuestionAnswering
+    heads = {family: {"qa_outputs.weight": "qa_outputs.weight", "qa_outputs.bias": "qa_outputs.bias"}
+             for family in ("bert", "roberta")}
+    architecture_suffix = "ForQuestionAnswering"
+    default_max_length = 384  # BERT's run_squad max_seq_length
+    options = QAOptions
     outputs, per_token = ("start_logits", "end_logits"), True
+
+    @classmethod
+    def from_options(cls, tokenizer: Tokenizer, options: Any, id2label: Mapping[int, str] | None = None,
+                     problem_type: str | None = None) -> QATask:
+        own = cls.own_options(options)
+        return cls(tokenizer, cls.length(options), own.stride, own.max_query_length, own.n_best,
+                   own.max_answer_length, own.null_threshold)
+
+    def main_metric(self) -> str:
+        return "f1"
+
+    def fit_evaluation(self, examples: Sequence[QAExample]) -> None:
+        self.fit_labels(examples)  # SQuAD v2 scoring when the file has unanswerable questions
 
     def __init__(
         self,

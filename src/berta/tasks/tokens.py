@@ -12,19 +12,33 @@ from __future__ import annotations
 import re
 import warnings
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
 from torch import nn
 
 from berta import metrics
-from berta.data.readers import LabelVocabulary, Sentence, label_vocabulary, read_conll
-from berta.tasks import collate_inputs, pad, run_model
+from berta.config import IGNORE_INDEX
+from berta.data.readers import Sentence, read_conll
+from berta.model import TokenClassifier
+from berta.tasks.base import Options, Task, collate_inputs, pad, register, run_model
+from berta.tasks.labels import LabelVocabulary, label_vocabulary
 from berta.tokenizer import Tokenizer
 
-IGNORE = -100  # no loss on this token (special tokens, continuation sub-tokens)
+Scheme = Literal["IOB1", "IOB2", "BIO", "BIOES", "IOBES"]
+
+
+@dataclass(kw_only=True)
+class TokenOptions(Options):
+    label_all_tokens: bool = field(
+        default=False, metadata={"help": "label every sub-token of a word, not only the first"}
+    )
+    scheme: Scheme | None = field(default=None, metadata={"help": "tag scheme (default: from the tags)"})
+
+
 _ENTITY_TAG = re.compile(r"[BIES]-.+")
 
 
@@ -74,7 +88,8 @@ def entity_spans(words: Sequence[str], tags: Sequence[str], scheme: str = "IOB2"
     return entities
 
 
-class TokenTask:
+@register
+class TokenTask(Task):
     """Featurize, collate, predict and score word-level tagging.
 
     Example:
@@ -84,6 +99,13 @@ class TokenTask:
     """
 
     name = "tokens"
+    model_class = TokenClassifier
+    heads = {family: {"classifier.weight": "classifier.weight", "classifier.bias": "classifier.bias"}
+             for family in ("bert", "roberta")}
+    architecture_suffix = "ForTokenClassification"
+    needs_labels = True
+    default_max_length = 256  # CoNLL sentences fit; longer ones are the exception
+    options = TokenOptions
     outputs, per_token = ("logits",), True
 
     def __init__(
@@ -103,6 +125,16 @@ class TokenTask:
         self.tag_column = tag_column
         self._scheme = scheme
         self.vocabulary = LabelVocabulary.from_id2label(id2label) if id2label else None
+
+    @classmethod
+    def from_options(cls, tokenizer: Tokenizer, options: Any, id2label: Mapping[int, str] | None = None,
+                     problem_type: str | None = None) -> TokenTask:
+        own = cls.own_options(options)
+        return cls(tokenizer, cls.length(options), id2label=id2label, label_all_tokens=own.label_all_tokens,
+                   scheme=own.scheme)
+
+    def main_metric(self) -> str:
+        return "f1" if self.scheme else "accuracy"  # entity F1; word accuracy for tags such as POS
 
     def read(self, path: str | Path, labelled: bool = True) -> list[Sentence]:
         """Sentences of a CoNLL file (tags from `tag_column` unless `labelled=False`)."""
@@ -151,7 +183,7 @@ class TokenTask:
         labels, previous = [], None
         for word in word_ids:
             if word is None:
-                labels.append(IGNORE)
+                labels.append(IGNORE_INDEX)
             elif word != previous:
                 labels.append(tag_ids[word])
             elif self.label_all_tokens:
@@ -159,7 +191,7 @@ class TokenTask:
                 inside = "I-" + tag[2:] if tag.startswith("B-") else tag
                 labels.append(label2id.get(inside, tag_ids[word]))
             else:
-                labels.append(IGNORE)
+                labels.append(IGNORE_INDEX)
             previous = word
         return labels
 
@@ -167,7 +199,7 @@ class TokenTask:
         """A padded batch: `input_ids`, `attention_mask` (`token_type_ids`) and `labels` (-100 on padding)."""
         batch = collate_inputs(features, self.tokenizer.pad_id)
         if "labels" in features[0]:
-            batch["labels"] = pad([f["labels"] for f in features], IGNORE)
+            batch["labels"] = pad([f["labels"] for f in features], IGNORE_INDEX)
         return batch
 
     def predict(self, model: nn.Module, sentences: Sequence[Sentence], batch_size: int = 64) -> list[dict]:

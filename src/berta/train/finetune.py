@@ -33,57 +33,20 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
+from berta import tasks
 from berta.checkpoints.hf import load
-from berta.tasks import TASK_NAMES, bucketed_order, run_model
+from berta.config import ProblemType
+from berta.tasks.base import Task, bucketed_order, combined_options, feature_length, run_model
 from berta.tokenizer import Tokenizer
 from berta.train.loop import TrainSettings, train
 
 log = logging.getLogger(__name__)
 
-# Sequence lengths when --max-length is not given: GLUE-style classification fits 128 tokens, CoNLL sentences
-# 256, and SQuAD's windows are BERT's run_squad max_seq_length.
-_MAX_LENGTH = {"classification": 128, "tokens": 256, "qa": 384}
-# The metric that selects the best model, per task and problem type.
-_MAIN_METRIC = {
-    "single_label_classification": "accuracy",
-    "multi_label_classification": "micro_f1",
-    "regression": "spearman",
-    "entities": "f1",
-    "tags": "accuracy",
-    "qa": "f1",
-}
-
-
-@dataclass(kw_only=True)
-class TaskOptions:
-    """How a task reads and featurizes its files; shared by `finetune` and `evaluate`."""
-
-    text_column: str = field(default="text", metadata={"help": "classification: column of the text"})
-    text_pair_column: str | None = field(
-        default=None, metadata={"help": "classification: column of the second text of a pair (NLI, paraphrase)"}
-    )
-    label_column: str = field(default="label", metadata={"help": "classification: column of the label(s)"})
-    max_length: int | None = field(
-        default=None,
-        metadata={"help": "tokens per sequence (QA: per window), special tokens included "
-                          "(default: 128 classification, 256 tokens, 384 qa)"},
-    )
-    label_all_tokens: bool = field(
-        default=False, metadata={"help": "tokens: label every sub-token of a word, not only the first"}
-    )
-    scheme: str | None = field(
-        default=None,
-        metadata={"help": "tokens: tag scheme IOB1, IOB2 (BIO) or BIOES (default: from the tags)",
-                  "choices": ["IOB1", "IOB2", "BIO", "BIOES", "IOBES"]},
-    )
-    stride: int = field(default=128, metadata={"help": "qa: tokens shared by consecutive context windows"})
-    max_query_length: int = field(default=64, metadata={"help": "qa: question tokens kept"})
-    n_best: int = field(default=20, metadata={"help": "qa: start and end candidates per window, spans kept"})
-    max_answer_length: int = field(default=30, metadata={"help": "qa: longest answer in tokens"})
-    null_threshold: float = field(
-        default=0.0,
-        metadata={"help": "qa v2: answer nothing when null score - best span score exceeds this"},
-    )
+TASK_NAMES = tuple(tasks.fine_tunable())
+TaskName = Literal[TASK_NAMES]  # type: ignore[valid-type]  # the registry's fine-tuning tasks
+# How every task reads and featurizes its files, shared by `finetune` and `evaluate`: the union of the
+# registered tasks' options dataclasses.
+TaskOptions = combined_options()
 
 
 @dataclass(kw_only=True)
@@ -99,21 +62,19 @@ class FinetuneSettings(TaskOptions, TrainSettings):
         2e-05
     """
 
-    task: Literal["classification", "tokens", "qa"] = field(
-        metadata={"help": "classification (texts, pairs), tokens (NER, POS) or qa (SQuAD)", "choices": TASK_NAMES}
+    task: TaskName = field(
+        metadata={"help": "classification (texts, pairs), tokens (NER, POS), qa (SQuAD) or multiple-choice (RACE)"}
     )
     model: Path = field(metadata={"help": "model directory (Hugging Face layout, with its tokenizer)"})
-    train: Path = field(metadata={"help": "training file: CSV/TSV/JSONL, CoNLL or SQuAD JSON"})
+    train: Path = field(metadata={"help": "training file: CSV/TSV/JSONL, CoNLL, SQuAD JSON or multiple-choice JSONL"})
     validation: Path = field(metadata={"help": "validation file, same format: scored during and after training"})
     output: Path = field(metadata={"help": "output directory: model/, eval_results.json, predictions.jsonl"})
     eval: list[str] = field(
         default_factory=list,
         metadata={"help": "more files to score after training, as FILE:LANG (per-language table)"},
     )
-    problem_type: str | None = field(
-        default=None,
-        metadata={"help": "classification: default from the labels",
-                  "choices": ["single_label_classification", "multi_label_classification", "regression"]},
+    problem_type: ProblemType | None = field(
+        default=None, metadata={"help": "classification: default from the labels"}
     )
     freeze_embeddings: bool = field(
         default=False, metadata={"help": "keep the word embeddings fixed (faster steps on CPU)"}
@@ -144,9 +105,8 @@ class EvaluateSettings(TaskOptions):
 
     model: Path = field(metadata={"help": "fine-tuned model directory"})
     data: Path = field(metadata={"help": "file to score, in the task's format (with labels)"})
-    task: str | None = field(
-        default=None,
-        metadata={"help": "task (default: from the checkpoint's architecture)", "choices": TASK_NAMES},
+    task: TaskName | None = field(
+        default=None, metadata={"help": "task (default: from the checkpoint's architecture)"}
     )
     output: Path | None = field(
         default=None, metadata={"help": "report directory (default: eval-DATA next to the model directory)"}
@@ -155,36 +115,22 @@ class EvaluateSettings(TaskOptions):
     device: str = field(default="auto", metadata={"help": "auto (GPU when there is one), cpu, cuda..."})
 
 
-def build_task(name: str, tokenizer: Tokenizer, options: TaskOptions, id2label: dict[int, str] | None = None,
-               problem_type: str | None = None) -> Any:
-    """The task object of `berta.tasks` for `name`, configured from `options`.
+def build_task(name: str, tokenizer: Tokenizer, options: Any, id2label: dict[int, str] | None = None,
+               problem_type: str | None = None) -> Task:
+    """The registered fine-tuning task `name`, configured from `options` (finetune / evaluate settings).
 
     Example:
         >>> task = build_task("tokens", Tokenizer.from_pretrained("roberta"), EvaluateSettings(model=Path("m"),
         ...                   data=Path("d")), id2label={0: "O", 1: "B-PER"})
+        >>> task.main_metric(), task.max_length
+        ('f1', 256)
     """
     if name not in TASK_NAMES:
         raise ValueError(f"unknown task {name!r}; tasks are {list(TASK_NAMES)}")
-    max_length = options.max_length or _MAX_LENGTH[name]
-    if name == "classification":
-        from berta.tasks.classification import ClassificationTask
-
-        return ClassificationTask(
-            tokenizer, max_length, options.text_column, options.text_pair_column, options.label_column,
-            problem_type=problem_type, id2label=id2label,
-        )
-    if name == "tokens":
-        from berta.tasks.tokens import TokenTask
-
-        return TokenTask(tokenizer, max_length, id2label=id2label, label_all_tokens=options.label_all_tokens,
-                         scheme=options.scheme)
-    from berta.tasks.qa import QATask
-
-    return QATask(tokenizer, max_length, options.stride, options.max_query_length, options.n_best,
-                  options.max_answer_length, options.null_threshold)
+    return tasks.get(name).from_options(tokenizer, options, id2label=id2label, problem_type=problem_type)
 
 
-def main_metric(task: Any) -> str:
+def main_metric(task: Task) -> str:
     """The validation metric that selects the best model for a task (without the `val_` prefix).
 
     Example:
@@ -192,11 +138,7 @@ def main_metric(task: Any) -> str:
         ...             data=Path("d"))))
         'f1'
     """
-    if task.name == "classification":
-        return _MAIN_METRIC[task.problem_type]
-    if task.name == "tokens":
-        return _MAIN_METRIC["entities" if task.scheme else "tags"]
-    return _MAIN_METRIC["qa"]
+    return task.main_metric()
 
 
 def _scalars(result: dict[str, Any], prefix: str = "") -> dict[str, float]:
@@ -242,14 +184,13 @@ def finetune(settings: FinetuneSettings) -> dict[str, Any]:
     torch.manual_seed(settings.seed)  # the new head's initialisation is part of what the seed fixes
     model = load(settings.model, task=settings.task, id2label=id2label)
     _fit_length(task, model, settings.max_length)
-    if settings.task == "classification":
-        model.config.problem_type = task.problem_type  # type: ignore[union-attr]  # the loss follows it
+    task.configure_model(model)
     if settings.freeze_embeddings:
         model.encoder.embeddings.words.weight.requires_grad_(False)  # type: ignore[union-attr]
 
     train_features = task.featurize(train_examples)
     validation_features = task.featurize(validation_examples)
-    lengths = [len(f["input_ids"]) for f in train_features]
+    lengths = [feature_length(f) for f in train_features]
     log.info("%d training features (%d tokens), %d validation features", len(train_features), sum(lengths),
              len(validation_features))
 
@@ -395,16 +336,11 @@ def evaluate(settings: EvaluateSettings) -> dict[str, Any]:
     device = torch.device("cuda" if settings.device == "auto" and torch.cuda.is_available() else
                           "cpu" if settings.device == "auto" else settings.device)
     model.to(device)
-    config = model.config
-    problem_type = config.problem_type or ("regression" if config.num_labels == 1 else None)
     tokenizer = Tokenizer.from_pretrained(settings.model)
-    task = build_task(model.task, tokenizer, settings, id2label=config.id2label or None,
-                      problem_type=problem_type or ("single_label_classification" if model.task == "classification"
-                                                    else None))
+    task = tasks.get(model.task).from_checkpoint(tokenizer, settings, model.config)
     _fit_length(task, model, settings.max_length)
     examples = task.read(settings.data)
-    if model.task == "qa":
-        task.fit_labels(examples)  # SQuAD v2 scoring when the file has unanswerable questions
+    task.fit_evaluation(examples)
     output = settings.output or settings.model.parent / f"eval-{settings.data.name.split('.')[0]}"
     result = write_report(task, model, examples, output, settings.batch_size)
     log.info("%s: %s -> %s", settings.data, {k: round(v, 4) for k, v in _scalars(result).items()}, output)

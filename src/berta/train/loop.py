@@ -950,8 +950,6 @@ def _save_model(wrapped, model, directory: Path, save_extras, distributed: _Dist
     if isinstance(wrapped, _fsdp_class()):
         from torch.distributed.fsdp import FullStateDictConfig, StateDictType
 
-        from berta.model import create
-
         # Offloading is for GPUs; on CPU it hands back freed memory (torch 2.13 segfaults cloning it).
         on_gpu = any(p.device.type == "cuda" for p in wrapped.parameters())
         config = FullStateDictConfig(offload_to_cpu=on_gpu, rank0_only=True)
@@ -959,7 +957,7 @@ def _save_model(wrapped, model, directory: Path, save_extras, distributed: _Dist
             state = wrapped.state_dict()
         if distributed.main:
             # The wrapped module's parameters are views of FSDP's flat shards; a plain copy on the CPU saves.
-            inner = create(inner.config, inner.task)
+            inner = type(inner)(inner.config)
             inner.load_state_dict({_clean_name(name): tensor for name, tensor in state.items()})
     if distributed.main:
         inner.save(directory)
