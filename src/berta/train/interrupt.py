@@ -72,5 +72,5 @@ class InterruptFlag:
                 raise KeyboardInterrupt
             return
         self.signal_number = number
-        log.warning("%s: finishing the current step and saving a checkpoint (Ctrl-C again to stop without saving)",
+        log.info("%s: finishing the current step and saving a checkpoint (Ctrl-C again to stop without saving)",
                     signal.Signals(number).name)
