@@ -69,7 +69,7 @@ def epoch_order(num_samples: int, seed: int, epoch: int, shuffle: bool) -> list[
 class MicroBatches(torch.utils.data.Dataset):
     """The micro-batches of one rank for the rest of one epoch, item k = micro-step k (see the module docstring)."""
 
-    def __init__(self, data: Sequence[Any], collate: Collate, order: list[int], start: int, epoch: int,
+    def __init__(self, data: Sequence[Any], collate: Collate, order: list[int], *, start: int, epoch: int,
                  settings: TrainSettings, rank: int, world_size: int):
         self.data, self.collate, self.order, self.start, self.epoch = data, collate, order, start, epoch
         self.batch_size, self.grad_accum = settings.batch_size, settings.grad_accum

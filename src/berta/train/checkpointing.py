@@ -121,7 +121,7 @@ def save_checkpoint(run: RunState) -> Path:
                 "scaler": run.scaler.state_dict(),
                 "world_size": run.distributed.world_size,
             }, directory / STATE_NAME)
-            atomic_write_json(directory / "run.json", run.record.to_json())
+            atomic_write_json(directory / "run.json", run.job.record.to_json())
         run.last_model = (run.progress.step, final / "model")
         for old in checkpoints(run.output_dir)[: -run.settings.keep_last]:
             shutil.rmtree(old, ignore_errors=True)
@@ -201,8 +201,8 @@ def _write_model(run: RunState, state: dict[str, torch.Tensor] | None, directory
         model = run.plain_copy()
         model.load_state_dict(state)
     model.save(directory)  # type: ignore[operator]
-    if run.save_extras is not None:
-        run.save_extras(directory)
+    if run.job.save_extras is not None:
+        run.job.save_extras(directory)
 
 
 def _link_tree(source: Path, target: Path, skip: tuple[str, ...] = ()) -> None:

@@ -34,6 +34,7 @@ import torch
 from torch import nn
 
 from berta.checkpoints.hf import load
+from berta.device import resolve_device
 from berta.tasks import TASK_NAMES, bucketed_order, run_model
 from berta.tokenizer import Tokenizer
 from berta.train.logs import configure_logging
@@ -360,9 +361,7 @@ def evaluate(settings: EvaluateSettings) -> dict[str, Any]:
             f"{settings.model}: the checkpoint is a {model.task!r} model, not a fine-tuned one; pass --task "
             f"({', '.join(TASK_NAMES)}) only for a checkpoint with that head"
         )
-    device = torch.device("cuda" if settings.device == "auto" and torch.cuda.is_available() else
-                          "cpu" if settings.device == "auto" else settings.device)
-    model.to(device)
+    model.to(resolve_device(settings.device))
     config = model.config
     problem_type = config.problem_type or ("regression" if config.num_labels == 1 else None)
     tokenizer = Tokenizer.from_pretrained(settings.model)

@@ -58,7 +58,7 @@ from berta.train.logs import MetricsLog, Window
 from berta.train.optim import build_optimizer, build_scheduler, resolve_warmup
 from berta.train.resume import RunRecord, check_resume, move_aside
 from berta.train.settings import TrainSettings
-from berta.train.state import ComputeLoss, Evaluate, Progress, RunState
+from berta.train.state import ComputeLoss, Evaluate, Job, Progress, RunState
 from berta.viz.plots import plot_curves
 
 log = logging.getLogger(__name__)
@@ -115,11 +115,19 @@ def train(
         PosixPath('runs/x/model')
     """
     settings.validate()
+    output_dir = Path(output_dir)
+    if sample_order is None:
+        def sample_order(epoch: int) -> list[int]:
+            return epoch_order(len(train_data), settings.seed, epoch, settings.shuffle)
+    if record is None:
+        record = RunRecord.of("train", settings, {"training samples": str(len(train_data))})
+    job = Job(model=model, settings=settings, train_data=train_data, collate=collate, output_dir=output_dir,
+              evaluate=evaluate, save_extras=save_extras, compute_loss=compute_loss or _default_loss,
+              sample_order=sample_order, record=record)
     distributed, device = setup_distributed(settings.device)
     try:
         with InterruptFlag() as interrupt:
-            run = _start(model, settings, train_data, collate, Path(output_dir), evaluate, save_extras,
-                         compute_loss, sample_order, record, distributed, device)
+            run = _start(job, distributed, device)
             try:
                 _run(run, interrupt)
             finally:
@@ -146,16 +154,11 @@ def _plain_copies(module: nn.Module, factory: Callable[[], nn.Module] | None, fs
     return lambda: copy.deepcopy(template).to_empty(device="cpu")
 
 
-def _start(model, settings: TrainSettings, train_data, collate, output_dir: Path, evaluate, save_extras,
-           compute_loss, sample_order, record: RunRecord | None, distributed: Distributed,
-           device: torch.device) -> RunState:
-    """Build the run: check the data against the batch, resume from the last checkpoint when the settings allow."""
-    if sample_order is None:
-        def sample_order(epoch: int) -> list[int]:
-            return epoch_order(len(train_data), settings.seed, epoch, settings.shuffle)
-
+def _steps(job: Job, distributed: Distributed) -> tuple[int, int]:
+    """(global batch, total optimizer steps); an epoch smaller than one global batch is an error."""
+    settings = job.settings
     global_batch = settings.batch_size * settings.grad_accum * distributed.world_size
-    samples_per_epoch = len(sample_order(0))
+    samples_per_epoch = len(job.sample_order(0))
     steps_per_epoch = samples_per_epoch // global_batch
     if steps_per_epoch < 1:
         raise ValueError(
@@ -163,25 +166,32 @@ def _start(model, settings: TrainSettings, train_data, collate, output_dir: Path
             f"(batch_size {settings.batch_size} x grad_accum {settings.grad_accum} x {distributed.world_size} "
             "processes)"
         )
-    total_steps = settings.max_steps or settings.epochs * steps_per_epoch
-    if record is None:
-        record = RunRecord.of("train", settings, {"training samples": str(len(train_data))})
+    return global_batch, settings.max_steps or settings.epochs * steps_per_epoch
 
+
+def _prepare_directory(job: Job, distributed: Distributed) -> Path | None:
+    """Move an old run aside (`--no-resume`), tidy what a killed save left; the checkpoint to resume from."""
     if distributed.main:
-        if not settings.resume:
-            moved = move_aside(output_dir)
+        if not job.settings.resume:
+            moved = move_aside(job.output_dir)
             if moved is not None:
-                log.info("--no-resume: moved the old run %s aside to %s; starting over", output_dir, moved)
-        output_dir.mkdir(parents=True, exist_ok=True)
-        recover(output_dir)
+                log.info("--no-resume: moved the old run %s aside to %s; starting over", job.output_dir, moved)
+        job.output_dir.mkdir(parents=True, exist_ok=True)
+        recover(job.output_dir)
     distributed.barrier()
+    existing = checkpoints(job.output_dir) if job.settings.resume else []
+    return existing[-1] if existing else None
 
-    existing = checkpoints(output_dir) if settings.resume else []
-    resume_from = existing[-1] if existing else None
+
+def _start(job: Job, distributed: Distributed, device: torch.device) -> RunState:
+    """Build the run; resume from the last checkpoint when the settings allow."""
+    settings = job.settings
+    global_batch, total_steps = _steps(job, distributed)
+    resume_from = _prepare_directory(job, distributed)
+    factory = None if isinstance(job.model, nn.Module) else job.model
+    module: nn.Module = job.model if factory is None else factory()  # type: ignore[assignment]
     saved: dict[str, Any] | None = None
     progress = Progress()
-    factory = None if isinstance(model, nn.Module) else model
-    module: nn.Module = model if factory is None else factory()  # type: ignore[assignment]
     if resume_from is not None:
         saved = load_training_state(resume_from / "trainer_state.pt")
         progress = Progress(**saved["progress"])
@@ -189,15 +199,14 @@ def _start(model, settings: TrainSettings, train_data, collate, output_dir: Path
         if old_record is None:
             log.warning("%s has no run.json: resuming without checking its settings", resume_from)
         else:
-            check_resume(output_dir, old_record, record, progress.step)
+            check_resume(job.output_dir, old_record, job.record, progress.step)
         load_model_weights(module, resume_from / "model")
         if distributed.main:
             log.info("resuming from %s (step %d, epoch %d)", resume_from, progress.step, progress.epoch)
     else:
         seed_everything(settings.seed + distributed.rank)
 
-    fsdp = distributed.active and settings.distributed == "fsdp"
-    plain_copy = _plain_copies(module, factory, fsdp)
+    plain_copy = _plain_copies(module, factory, distributed.active and settings.distributed == "fsdp")
     module.to(device)
     module.train()
     wrapped = wrap(module, settings.distributed, distributed, device)
@@ -206,16 +215,13 @@ def _start(model, settings: TrainSettings, train_data, collate, output_dir: Path
     optimizer = build_optimizer(wrapped, settings)
     precision = autocast_dtype(settings.precision, device)
     run = RunState(
-        train_data=train_data, collate=collate, sample_order=sample_order,
-        compute_loss=compute_loss or _default_loss, evaluate=evaluate, settings=settings, record=record,
-        output_dir=output_dir, distributed=distributed, device=device, precision=precision, model=module,
-        wrapped=wrapped, plain_copy=plain_copy, optimizer=optimizer,
+        job=job, distributed=distributed, device=device, precision=precision, model=module, wrapped=wrapped,
+        plain_copy=plain_copy, optimizer=optimizer,
         scheduler=build_scheduler(optimizer, total_steps, resolve_warmup(settings, total_steps), settings),
         scaler=torch.amp.GradScaler(device.type, enabled=precision is torch.float16),
         total_steps=total_steps, global_batch=global_batch,
-        metrics=MetricsLog(output_dir, settings, distributed.main, progress.step, total_steps),
-        window=Window(device), save_extras=save_extras, progress=progress,
-        saved_step=progress.step if resume_from is not None else None,
+        metrics=MetricsLog(job.output_dir, settings, distributed.main, progress.step, total_steps),
+        window=Window(device), progress=progress, saved_step=progress.step if resume_from is not None else None,
     )
     if saved is not None:
         restore_optimizer(run, saved)
@@ -227,7 +233,7 @@ def _start(model, settings: TrainSettings, train_data, collate, output_dir: Path
                         distributed.rank)
             seed_everything(settings.seed + distributed.rank + progress.step)
     if distributed.main:
-        write_settings(output_dir, record.settings)
+        write_settings(job.output_dir, job.record.settings)
     return run
 
 
@@ -236,9 +242,10 @@ def _run(run: RunState, interrupt: InterruptFlag) -> None:
     progress = run.progress
     finished = progress.step >= run.total_steps or progress.stopped_early
     while not finished:
-        order = [int(i) for i in run.sample_order(progress.epoch)]
-        source = MicroBatches(run.train_data, run.collate, order, progress.position, progress.epoch, run.settings,
-                              run.distributed.rank, run.distributed.world_size)
+        order = [int(i) for i in run.job.sample_order(progress.epoch)]
+        source = MicroBatches(run.job.train_data, run.job.collate, order, start=progress.position,
+                              epoch=progress.epoch, settings=run.settings, rank=run.distributed.rank,
+                              world_size=run.distributed.world_size)
         batches = micro_batch_iterator(source, run.settings)
         for _ in range(source.steps):
             _step(run, [_to_device(next(batches), run.device) for _ in range(run.settings.grad_accum)])
@@ -273,7 +280,7 @@ def _step(run: RunState, micro_batches: list[dict[str, Any]]) -> None:
         sync = contextlib.nullcontext() if last or not distributed.active else model.no_sync()
         with sync:
             with _autocast(run):
-                loss = run.compute_loss(model, batch)
+                loss = run.job.compute_loss(model, batch)
             # An empty micro-batch (no masked token) has a NaN mean; it contributes nothing.
             loss = torch.where(units[index] > 0, loss.float(), torch.zeros_like(loss, dtype=torch.float32))
             run.scaler.scale(loss * (units[index] / denominator).float()).backward()
@@ -304,7 +311,7 @@ def _after_step(run: RunState) -> bool:
     """Evaluate, log and save as the settings say after a step; whether training is finished."""
     settings, progress = run.settings, run.progress
     finished = progress.step >= run.total_steps
-    evaluated = run.evaluate is not None and (
+    evaluated = run.job.evaluate is not None and (
         finished or bool(settings.eval_every and progress.step % settings.eval_every == 0)
     )
     record = None
@@ -331,7 +338,7 @@ def _evaluate(run: RunState) -> dict[str, float]:
     target.eval()
     try:
         with torch.no_grad(), _autocast(run):
-            metrics = {key: float(value) for key, value in run.evaluate(target).items()}  # type: ignore[misc]
+            metrics = {key: float(value) for key, value in run.job.evaluate(target).items()}  # type: ignore[misc]
     finally:
         target.train()
         set_random_states(states)

@@ -35,19 +35,28 @@ class Progress:
 
 
 @dataclass
-class RunState:
-    """One run: the job's data and callbacks, its settings and place, the model (bare and wrapped), the
-    optimizer, schedule and loss scaler, its logs, and where it is. Built once by `berta.train.loop.train`;
-    every part of the loop reads and updates it."""
+class Job:
+    """What the caller of `berta.train.loop.train` brings: the model (or its factory), data, callbacks, settings."""
 
+    model: nn.Module | Callable[[], nn.Module]
+    settings: TrainSettings
     train_data: Sequence[Any]
     collate: Collate
-    sample_order: Callable[[int], Sequence[int]]
-    compute_loss: ComputeLoss
-    evaluate: Evaluate | None
-    settings: TrainSettings
-    record: RunRecord
     output_dir: Path
+    evaluate: Evaluate | None
+    save_extras: Callable[[Path], None] | None
+    compute_loss: ComputeLoss
+    sample_order: Callable[[int], Sequence[int]]
+    record: RunRecord  # compared with the run's on resume, see berta.train.resume
+
+
+@dataclass
+class RunState:
+    """One run: the job, its place among the processes, the model (bare and wrapped), the optimizer, schedule
+    and loss scaler, its logs, and where it is. Built once by `berta.train.loop.train`; every part of the loop
+    reads and updates it."""
+
+    job: Job
     distributed: Distributed
     device: torch.device
     precision: torch.dtype | None  # autocast dtype; None: fp32
@@ -61,9 +70,16 @@ class RunState:
     global_batch: int
     metrics: MetricsLog
     window: Window
-    save_extras: Callable[[Path], None] | None = None
     progress: Progress = field(default_factory=Progress)
     # The step and directory of the last model directory written, so that another directory of the same
     # step (best/, a checkpoint, model/) links to its files instead of writing the same bytes again.
     last_model: tuple[int, Path] | None = None
     saved_step: int | None = None  # the step of the last checkpoint written
+
+    @property
+    def settings(self) -> TrainSettings:
+        return self.job.settings
+
+    @property
+    def output_dir(self) -> Path:
+        return self.job.output_dir
