@@ -141,13 +141,11 @@ def parse(argv: Sequence[str]) -> tuple[Callable[..., Any], Any]:
 
 def main(argv: Sequence[str] | None = None) -> None:
     function, settings = parse(sys.argv[1:] if argv is None else argv)
-    from berta.train.interrupt import TrainingInterruptedError
-
     try:
         function(settings)
-    except TrainingInterruptedError as interrupt:  # Ctrl-C / SIGTERM in training: saved, exit as the signal says
-        print(f"berta: {interrupt}", file=sys.stderr)
-        raise SystemExit(interrupt.exit_code) from None
+    except KeyboardInterrupt as interrupt:  # Ctrl-C; in training also SIGTERM, after saving (its message says so)
+        print(f"berta: {str(interrupt) or 'interrupted'}", file=sys.stderr)
+        raise SystemExit(getattr(interrupt, "exit_code", 130)) from None
     except (ValueError, FileNotFoundError) as error:  # user errors: one clear line, no traceback
         raise SystemExit(f"berta: error: {error}") from error
 

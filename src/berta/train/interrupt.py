@@ -20,8 +20,9 @@ log = logging.getLogger(__name__)
 _SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
-class TrainingInterruptedError(Exception):
-    """Training stopped on a signal after saving the checkpoint of `step`.
+class TrainingInterruptedError(KeyboardInterrupt):
+    """Training stopped on a signal after saving the checkpoint of `step`. A KeyboardInterrupt, so that code
+    catching `Exception` lets it through, as it does Ctrl-C.
 
     Example:
         >>> str(TrainingInterruptedError(121, signal.SIGINT))
