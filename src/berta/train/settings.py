@@ -76,7 +76,8 @@ class TrainSettings:
     keep_last: int = field(
         default=2,
         metadata={"help": "checkpoints kept in OUTPUT/checkpoints: the newest N step-* directories, each enough to "
-                          "resume (best/ and model/ are kept apart, as hard links to the same files, not copies)"},
+                          "resume; best/ and model/ are kept besides them (sharing the files of a checkpoint of "
+                          "the same step by hard links, not copies)"},
     )
     best_metric: str = field(
         default="", metadata={"help": "evaluation metric that selects the best model, e.g. val_loss (empty: none)"}
