@@ -76,9 +76,10 @@ def test_allowed_changes_resume_and_say_so(tmp_path: Path, caplog: pytest.LogCap
     run = tmp_path / "run"
     train(toy_model(), quiet(**RUN), toy_data(), toy_collate, run)
     first = losses(run)
-    with caplog.at_level(logging.INFO, logger="berta.train.resume"):
+    with caplog.at_level(logging.INFO, logger="berta.train.loop"):
         result = train(toy_model(), quiet(**{**RUN, "max_steps": 6, "log_every": 2}), toy_data(), toy_collate, run)
-    assert f"resuming {run} at step 4 with changed settings: --log-every 1 → 2, --max-steps 4 → 6" in caplog.text
+    assert (f"resuming {run} at step 4 with changed settings: --log-every 1 → 2, --max-steps 4 → 6 (the "
+            "learning-rate schedule runs to step 6)") in caplog.text
     assert result.step == 6
     again = losses(run)
     assert sorted(again) == [1, 2, 3, 4, 6] and all(again[step] == first[step] for step in first)

@@ -70,8 +70,9 @@ def load_training_state(path: Path) -> dict[str, Any]:
         asked = re.search(r"GLOBAL (\S+)", str(error))
         raise ValueError(
             f"{path}: refused to load: it asks to unpickle {asked.group(1) if asked else 'a Python object'}, but a "
-            "training state holds only tensors and plain values (the file was altered or written by another "
-            "program); delete the checkpoint, or run with --no-resume to move the run aside and start over"
+            "training state holds only tensors and plain values (the file was written by an earlier berta, by "
+            "another program, or altered); delete the checkpoint, or run with --no-resume to move the run aside "
+            "and start over"
         ) from None
     except (RuntimeError, EOFError, OSError) as error:
         raise ValueError(f"{path}: cannot read the training state ({type(error).__name__}: {error})") from None

@@ -199,7 +199,10 @@ def _start(job: Job, distributed: Distributed, device: torch.device) -> RunState
         if old_record is None:
             log.warning("%s has no run.json: resuming without checking its settings", resume_from)
         else:
-            check_resume(job.output_dir, old_record, job.record, progress.step)
+            changed = check_resume(job.output_dir, old_record, job.record, progress.step)
+            if changed and distributed.main:
+                log.info("resuming %s at step %d with changed settings: %s (the learning-rate schedule runs to "
+                         "step %d)", job.output_dir, progress.step, ", ".join(changed), total_steps)
         load_model_weights(module, resume_from / "model")
         if distributed.main:
             log.info("resuming from %s (step %d, epoch %d)", resume_from, progress.step, progress.epoch)

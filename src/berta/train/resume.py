@@ -13,15 +13,12 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from berta.train.settings import MAY_CHANGE_ON_RESUME
-
-log = logging.getLogger(__name__)
 
 RECORD_NAME = "run.json"
 # Never compared: the directory itself (it may be spelled differently) and how the command was given.
@@ -88,9 +85,15 @@ class RunRecord:
         return changed
 
 
-def check_resume(directory: Path, old: dict[str, Any], new: RunRecord, step: int) -> None:
-    """Raise ResumeRefusedError unless the run in `directory` (its record `old`) may be resumed by `new`; log the
-    settings that changed and may."""
+def check_resume(directory: Path, old: dict[str, Any], new: RunRecord, step: int) -> list[str]:
+    """Raise ResumeRefusedError unless the run in `directory` (its record `old`) may be resumed by `new`; return
+    the settings that changed and may, as `--name old → new`.
+
+    Example:
+        >>> old = RunRecord("train", {"lr": 1e-3, "max_steps": 10}).to_json()
+        >>> check_resume(Path("runs/x"), old, RunRecord("train", {"lr": 1e-3, "max_steps": 20}), step=10)
+        ['--max-steps 10 → 20']
+    """
     if old.get("job") != new.job:
         raise ResumeRefusedError(f"{directory} holds a {old.get('job')} run, not a {new.job} one; {_WAYS_OUT}")
     before = old.get("settings", {})
@@ -104,9 +107,7 @@ def check_resume(directory: Path, old: dict[str, Any], new: RunRecord, step: int
         raise ResumeRefusedError(
             f"{directory} was trained to step {step} with other settings: {', '.join(differences)}; {_WAYS_OUT}"
         )
-    allowed = new.allowed_changes(old)
-    if allowed:
-        log.info("resuming %s at step %d with changed settings: %s", directory, step, ", ".join(allowed))
+    return new.allowed_changes(old)
 
 
 def move_aside(directory: Path) -> Path | None:
