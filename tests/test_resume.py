@@ -139,6 +139,10 @@ def test_finetune_refuses_another_lr_and_another_task_in_its_directory(tmp_path:
     assert str(refused.value) == (
         f"berta: error: {output} was trained to step 4 with other settings: --lr 2e-05 → 0.0001; {WAYS_OUT}"
     )
+    # The same run spelled with relative paths (and a moved training file of the same contents) resumes.
+    moved = tmp_path / "moved.csv"
+    moved.write_bytes(train_file.read_bytes())
+    cli.main(finetune_command(os.path.relpath(model), os.path.relpath(moved), validation, output, "--lr", "2e-5"))
     tags = tmp_path / "tags.conll"
     tags.write_text("Ada\tB-PER\nsmiled\tO\n\n" * 16)
     command = finetune_command(model, tags, tags, output)

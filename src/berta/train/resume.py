@@ -71,11 +71,13 @@ class RunRecord:
         """(name, name as shown, old value, new value) of every difference."""
         changed = []
         before_settings = old.get("settings", {})
+        # A file whose contents are fingerprinted may move or be spelled another way: the contents decide.
+        fingerprinted = {name for name in self.settings if _option(name) in self.data}
         for name in sorted(set(before_settings) | set(self.settings)):
-            if name in _NOT_COMPARED:
+            if name in _NOT_COMPARED or name in fingerprinted:
                 continue
             before, after = before_settings.get(name, "(unset)"), self.settings.get(name, "(unset)")
-            if before != after:
+            if not _same(before, after):
                 changed.append((name, _option(name), before, after))
         before_data = old.get("data", {})
         for name in sorted(set(before_data) | set(self.data)):
@@ -97,7 +99,7 @@ def check_resume(directory: Path, old: dict[str, Any], new: RunRecord, step: int
     if old.get("job") != new.job:
         raise ResumeRefusedError(f"{directory} holds a {old.get('job')} run, not a {new.job} one; {_WAYS_OUT}")
     before = old.get("settings", {})
-    other = [name for name in new.identity if before.get(name) != new.settings.get(name)]
+    other = [name for name in new.identity if not _same(before.get(name), new.settings.get(name))]
     if other:
         was = " ".join(f"{_option(name)} {_show(before.get(name))}" for name in new.identity)
         now = " ".join(f"{_option(name)} {_show(new.settings.get(name))}" for name in new.identity)
@@ -151,6 +153,18 @@ def json_value(value: Any) -> Any:
     if isinstance(value, list | tuple):
         return [json_value(item) for item in value]
     return value
+
+
+def _same(before: Any, after: Any) -> bool:
+    """Equal values, or two spellings (relative, absolute, through a link) of one existing file or directory."""
+    if before == after:
+        return True
+    if isinstance(before, str) and isinstance(after, str) and before and after:
+        try:
+            return os.path.samefile(before, after)
+        except OSError:  # one of them does not exist (any more)
+            return False
+    return False
 
 
 def _option(name: str) -> str:
