@@ -11,6 +11,7 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -141,8 +142,8 @@ def test_sigterm_to_one_rank_stops_both_with_one_checkpoint(tmp_path: Path, one_
     train(reference, quiet(**{**DDP_SETTINGS, "batch_size": 8}), toy_data(), toy_collate, single)
 
     run, ready, go = tmp_path / "ddp", tmp_path / "ready", tmp_path / "go"
-    launch = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29541",
-              __file__, str(run)]
+    launch = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+              str(free_port()), __file__, str(run)]
     child = subprocess.Popen([*launch, str(ready), str(go)], cwd=ROOT, env=ENVIRONMENT, stdout=subprocess.PIPE,
                              stderr=subprocess.STDOUT, text=True)
     deadline = time.time() + 120
@@ -165,6 +166,12 @@ def test_sigterm_to_one_rank_stops_both_with_one_checkpoint(tmp_path: Path, one_
     for number in expected:
         assert abs(got[number] - expected[number]) <= 1e-6, (number, got[number], expected[number])
     assert_same_weights(weights(berta.load(run / "model")), weights(reference), 1e-6)
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
 
 
 def _waiting_collate(ready: Path, go: Path):
