@@ -131,6 +131,22 @@ def test_in_process_interrupt_raises_after_saving(tmp_path: Path) -> None:
     assert signal.getsignal(signal.SIGINT) is before
 
 
+def test_a_second_ctrl_c_stops_at_once_without_saving(tmp_path: Path) -> None:
+    calls = {"n": 0}
+
+    def collate(samples, indices, epoch):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            os.kill(os.getpid(), signal.SIGINT)
+            os.kill(os.getpid(), signal.SIGINT)
+        return toy_collate(samples, indices, epoch)
+
+    with pytest.raises(KeyboardInterrupt) as interrupted:
+        train(toy_model(), quiet(batch_size=4, max_steps=10, save_every=0), toy_data(), collate, tmp_path)
+    assert not isinstance(interrupted.value, TrainingInterruptedError)
+    assert checkpoints(tmp_path) == [] and max(losses(tmp_path)) == 2
+
+
 # -- torchrun: one rank's SIGTERM stops both ranks at the same step with one checkpoint ---------------------
 
 DDP_SETTINGS = dict(batch_size=4, grad_accum=2, max_steps=6, save_every=100, device="cpu")
