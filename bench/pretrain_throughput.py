@@ -41,8 +41,9 @@ import torch
 import berta
 from berta.data.masking import MaskingCollator, MaskingVocabulary
 from berta.tokenizer import Tokenizer
-from berta.train.loop import TrainSettings, build_optimizer
+from berta.train.optim import build_optimizer
 from berta.train.pretrain import masked_lm_loss
+from berta.train.settings import TrainSettings
 
 ASSETS = Path(berta.__file__).parent / "assets" / "gpt2-bpe"
 VOCAB_SIZE = 50265  # roberta-base's vocabulary (fairseq dict.txt), for both configs

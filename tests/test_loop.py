@@ -20,7 +20,9 @@ import torch
 
 import berta
 from berta.train import loop
-from berta.train.loop import TrainSettings, epoch_order, lr_factor, parameter_groups, train
+from berta.train.batches import epoch_order
+from berta.train.loop import TrainSettings, train
+from berta.train.optim import lr_factor, parameter_groups
 
 VOCAB = 64
 MASK_ID = 63

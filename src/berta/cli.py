@@ -371,6 +371,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     function, settings = parse(sys.argv[1:] if argv is None else argv)
     try:
         function(settings)
+    except KeyboardInterrupt as interrupt:  # Ctrl-C; in training also SIGTERM, after saving (its message says so)
+        print(f"berta: {str(interrupt) or 'interrupted'}", file=sys.stderr)
+        raise SystemExit(getattr(interrupt, "exit_code", 130)) from None
     except (ValueError, FileNotFoundError) as error:  # user errors: one clear line, no traceback
         raise SystemExit(f"berta: error: {error}") from error
 

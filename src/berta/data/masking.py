@@ -20,6 +20,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from berta.seeding import seeded_generator
+
 if TYPE_CHECKING:
     from berta.tokenizer import Tokenizer
 
@@ -109,7 +111,7 @@ def sample_generator(seed: int, epoch: int, index: int) -> np.random.Generator:
 
     Example: `sample_generator(0, 1, 42).random()` is the same number in every process, every run.
     """
-    return np.random.Generator(np.random.PCG64(np.random.SeedSequence([seed, epoch, index])))
+    return seeded_generator(seed, epoch, index)
 
 
 class MaskingCollator:
@@ -338,7 +340,7 @@ class LanguageSampler:
 
     def indices(self, epoch: int) -> np.ndarray:
         """The epoch's sample indices, (num_samples,) int64. Example: `sampler.indices(0)`."""
-        rng = np.random.Generator(np.random.PCG64(np.random.SeedSequence([self.seed, epoch])))
+        rng = seeded_generator(self.seed, epoch)
         p = np.array([self.probabilities[c] for c in self.languages])
         drawn = rng.choice(len(self.languages), size=self.num_samples, p=p)
         result = np.empty(self.num_samples, dtype=np.int64)

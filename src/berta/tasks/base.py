@@ -24,7 +24,6 @@ Two model-only tasks have no data half: `encoder` (the bare encoder) and `masked
 from __future__ import annotations
 
 import dataclasses
-import random
 import typing
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar, TypeVar
@@ -35,6 +34,7 @@ from torch import nn
 
 from berta.config import IGNORE_INDEX, EncoderConfig
 from berta.model import init_weights
+from berta.seeding import seeded_generator
 from berta.tokenizer import Tokenizer
 
 # ------------------------------------------------------------------------------------------- the Task type
@@ -270,16 +270,15 @@ def bucketed_order(lengths: Sequence[int], batch_size: int, seed: int, epoch: in
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    generator = random.Random(seed * 1_000_003 + epoch)
-    indices = list(range(len(lengths)))
-    generator.shuffle(indices)
+    generator = seeded_generator(seed, epoch)
+    indices = generator.permutation(len(lengths)).tolist()
     step = batch_size * pool
     pooled = []
     for start in range(0, len(indices), step):
         pooled.extend(sorted(indices[start : start + step], key=lambda i: lengths[i]))
     batches = [pooled[i : i + batch_size] for i in range(0, len(pooled), batch_size)]
     full = [b for b in batches if len(b) == batch_size]
-    generator.shuffle(full)
+    full = [full[i] for i in generator.permutation(len(full))]
     return [i for batch in full + [b for b in batches if len(b) < batch_size] for i in batch]
 
 

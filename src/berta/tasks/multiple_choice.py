@@ -59,6 +59,7 @@ def choice_index(value: Any, choices: int, where: str) -> int:
     """
     if isinstance(value, bool) or not isinstance(value, int | str):
         raise ValueError(f"{where}: label {value!r} is neither a choice index nor a letter")
+    given = value
     if isinstance(value, str):
         text = value.strip()
         if text.isdigit():
@@ -68,7 +69,8 @@ def choice_index(value: Any, choices: int, where: str) -> int:
         else:
             raise ValueError(f"{where}: label {value!r} is neither a choice index nor a letter A, B, ...")
     if not 0 <= value < choices:
-        raise ValueError(f"{where}: label {value!r} names no choice; there are {choices} (0..{choices - 1})")
+        raise ValueError(f"{where}: label {given!r} names no choice; there are {choices} (0..{choices - 1} or "
+                         f"A..{string.ascii_uppercase[choices - 1]})")
     return value
 
 

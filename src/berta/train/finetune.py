@@ -36,9 +36,14 @@ from torch import nn
 from berta import tasks
 from berta.checkpoints.hf import load
 from berta.config import ProblemType
+from berta.device import resolve_device
 from berta.tasks.base import Task, bucketed_order, combined_options, feature_length, run_model
 from berta.tokenizer import Tokenizer
-from berta.train.loop import TrainSettings, train
+from berta.train.logs import configure_logging
+from berta.train.loop import train
+from berta.train.resume import RunRecord, file_fingerprint
+from berta.train.settings import MAY_CHANGE_ON_RESUME, TrainSettings
+from berta.viz.plots import plot_confusion_matrix
 
 log = logging.getLogger(__name__)
 
@@ -148,11 +153,6 @@ def _scalars(result: dict[str, Any], prefix: str = "") -> dict[str, float]:
     }
 
 
-def _configure_logging() -> None:
-    if not logging.getLogger().handlers:
-        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
-
-
 def _fit_length(task: Any, model: nn.Module, asked: int | None) -> None:
     # The task's default length shrinks to a small model's position table; an explicit one must fit.
     longest = model.config.max_length  # type: ignore[union-attr]
@@ -171,7 +171,7 @@ def finetune(settings: FinetuneSettings) -> dict[str, Any]:
         ...          validation=Path("dev.csv"), output=Path("runs/rt"), epochs=2))  # doctest: +SKIP
         {'accuracy': 0.83, ..., 'examples': 1280}
     """
-    _configure_logging()
+    configure_logging()
     languages = [_language_file(item) for item in settings.eval]
     tokenizer = Tokenizer.from_pretrained(settings.model)
     task = build_task(settings.task, tokenizer, settings, problem_type=settings.problem_type)
@@ -201,10 +201,16 @@ def finetune(settings: FinetuneSettings) -> dict[str, Any]:
         return {"val_loss": loss if loss is not None else math.nan, **_scalars(result, "val_")}
 
     loop_settings = _loop_settings(settings, main_metric(task), len(train_features))
+    record = RunRecord.of(
+        "finetune", settings, {"--train": file_fingerprint(settings.train),
+                               "--validation": file_fingerprint(settings.validation)},
+        identity=("task", "model"), may_change=MAY_CHANGE_ON_RESUME | {"eval"},
+    )
     result = train(
         model, loop_settings, train_features, lambda samples, indices, epoch: task.collate(samples), settings.output,
         evaluate=evaluate, save_extras=tokenizer.save,
         sample_order=lambda epoch: bucketed_order(lengths, settings.batch_size, settings.seed, epoch),
+        record=record,
     )
     log.info("trained %d steps%s; best %s", result.step, " (stopped early)" if result.stopped_early else "",
              {k: round(v, 4) for k, v in result.best_metrics.items()})
@@ -282,43 +288,6 @@ def write_report(task: Any, model: nn.Module, examples: list, output: Path, batc
     return result
 
 
-def plot_confusion_matrix(predictions: list[str], labels: list[str], order: list[str], path: Path) -> Path | None:
-    """Draw the confusion matrix (rows: true label, columns: prediction, cells: counts) into a PNG.
-
-    Returns None (and logs why) when matplotlib is not installed.
-
-    Example:
-        >>> plot_confusion_matrix(["a", "b"], ["a", "a"], ["a", "b"], Path("cm.png"))  # doctest: +SKIP
-    """
-    from berta.metrics import confusion_matrix
-
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")  # files only: no display on servers
-        import matplotlib.pyplot as plt
-    except ImportError:
-        log.info("matplotlib is not installed: no confusion matrix drawn (pip install 'berta[plot]')")
-        return None
-    order, matrix = confusion_matrix(predictions, labels, label_order=order)
-    size = max(4.0, 0.5 * len(order) + 2)
-    figure, axis = plt.subplots(figsize=(size, size))
-    axis.imshow(matrix, cmap="Blues")
-    axis.set_xticks(range(len(order)), [str(x) for x in order], rotation=45, ha="right")
-    axis.set_yticks(range(len(order)), [str(x) for x in order])
-    axis.set_xlabel("predicted")
-    axis.set_ylabel("true")
-    largest = matrix.max() if matrix.size else 0
-    for i in range(len(order)):
-        for j in range(len(order)):
-            color = "white" if matrix[i, j] > largest / 2 else "black"
-            axis.text(j, i, str(matrix[i, j]), ha="center", va="center", color=color)
-    figure.tight_layout()
-    figure.savefig(path, dpi=100)
-    plt.close(figure)
-    return path
-
-
 def evaluate(settings: EvaluateSettings) -> dict[str, Any]:
     """Score a fine-tuned checkpoint on a labelled file and write the same report as `finetune`.
 
@@ -326,16 +295,14 @@ def evaluate(settings: EvaluateSettings) -> dict[str, Any]:
         >>> evaluate(EvaluateSettings(model=Path("runs/rt/model"), data=Path("test.csv")))  # doctest: +SKIP
         {'accuracy': 0.82, ..., 'examples': 1281}
     """
-    _configure_logging()
+    configure_logging()
     model = load(settings.model, task=settings.task)
     if model.task not in TASK_NAMES:
         raise ValueError(
             f"{settings.model}: the checkpoint is a {model.task!r} model, not a fine-tuned one; pass --task "
             f"({', '.join(TASK_NAMES)}) only for a checkpoint with that head"
         )
-    device = torch.device("cuda" if settings.device == "auto" and torch.cuda.is_available() else
-                          "cpu" if settings.device == "auto" else settings.device)
-    model.to(device)
+    model.to(resolve_device(settings.device))
     tokenizer = Tokenizer.from_pretrained(settings.model)
     task = tasks.get(model.task).from_checkpoint(tokenizer, settings, model.config)
     _fit_length(task, model, settings.max_length)

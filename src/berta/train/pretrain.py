@@ -25,7 +25,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from berta.config import PRESETS, EncoderConfig
-from berta.train.loop import TrainResult, TrainSettings, train
+from berta.train.logs import configure_logging
+from berta.train.loop import TrainResult, train
+from berta.train.resume import RunRecord, file_fingerprint
+from berta.train.settings import TrainSettings
 
 log = logging.getLogger(__name__)
 
@@ -98,7 +101,7 @@ def pretrain(settings: PretrainSettings) -> TrainResult:
     from berta.data.masking import LanguageSampler, MaskingCollator, MaskingVocabulary
 
     settings.validate()
-    _configure_logging()
+    configure_logging()
     tokenizer = _tokenizer(settings)
     train_data = BlockDataset(settings.data, "train", tokenizer=tokenizer)
     if train_data.parallel and settings.whole_word:
@@ -129,6 +132,9 @@ def pretrain(settings: PretrainSettings) -> TrainResult:
         sample_order = sampler.indices
     if settings.eval_every and evaluate is not None and not settings.best_metric:
         settings.best_metric = "val_loss"
+    # The prepared data is its manifest: block size, tokenizer fingerprint and the checksums of every shard.
+    record = RunRecord.of("pretrain", settings, {"--data": file_fingerprint(Path(settings.data) / "manifest.json")},
+                          identity=("model",))
     return train(
         model,
         settings,
@@ -139,6 +145,7 @@ def pretrain(settings: PretrainSettings) -> TrainResult:
         save_extras=tokenizer.save,
         compute_loss=masked_lm_loss,
         sample_order=sample_order,
+        record=record,
     )
 
 
@@ -281,9 +288,3 @@ def masked_lm_evaluator(
         }
 
     return evaluate
-
-
-def _configure_logging() -> None:
-    root = logging.getLogger()
-    if not root.handlers:
-        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
