@@ -7,6 +7,7 @@ Example:
 
 from berta.checkpoints.hf import load
 from berta.config import PRESETS, EncoderConfig
+from berta.inference.pipeline import Pipeline, pipeline
 from berta.model import (
     Encoder,
     EncoderOutput,
@@ -24,10 +25,12 @@ __all__ = [
     "EncoderConfig",
     "EncoderOutput",
     "MaskedLM",
+    "Pipeline",
     "QuestionAnswering",
     "SequenceClassifier",
     "TokenClassifier",
     "Tokenizer",
     "create",
     "load",
+    "pipeline",
 ]
