@@ -331,10 +331,20 @@ def _field(body: dict[str, Any], name: str, kinds: tuple[type, ...], default: An
             raise ClientError(422, f"field {name!r} is missing")
         return default
     value = body[name]
-    if not isinstance(value, kinds) or (bool not in kinds and isinstance(value, bool) and int in kinds):
-        expected = " or ".join(kind.__name__ for kind in kinds)
-        raise ClientError(422, f"field {name!r} must be {expected}, got {type(value).__name__}")
+    if not isinstance(value, kinds) or (bool not in kinds and isinstance(value, bool)):
+        expected = " or ".join(_JSON_NAMES[kind] for kind in kinds)
+        raise ClientError(422, f"field {name!r} must be {expected}, got {_json_type(value)}")
     return value
+
+
+_JSON_NAMES = {str: "a string", list: "a list", bool: "true or false", int: "an integer", float: "a number",
+               dict: "an object"}
+
+
+def _json_type(value: Any) -> str:
+    names = {bool: "a boolean", int: "a number", float: "a number", str: "a string", list: "a list",
+             dict: "an object", type(None): "null"}
+    return names.get(type(value), type(value).__name__)
 
 
 def _strings(value: Any, name: str) -> tuple[list[str], bool]:
@@ -342,12 +352,12 @@ def _strings(value: Any, name: str) -> tuple[list[str], bool]:
     if isinstance(value, str):
         return [value], True
     if not isinstance(value, list):
-        raise ClientError(422, f"field {name!r} must be a string or a list of strings, got {type(value).__name__}")
+        raise ClientError(422, f"field {name!r} must be a string or a list of strings, got {_json_type(value)}")
     if not value:
         raise ClientError(422, f"field {name!r} is an empty list; send at least one input")
     for index, item in enumerate(value):
         if not isinstance(item, str):
-            raise ClientError(422, f"{name}[{index}] must be a string, got {type(item).__name__}")
+            raise ClientError(422, f"{name}[{index}] must be a string, got {_json_type(item)}")
     return value, False
 
 
