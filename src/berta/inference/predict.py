@@ -19,7 +19,7 @@ import json
 import os
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
@@ -93,7 +93,7 @@ def _lines(settings: PredictSettings) -> Iterator[tuple[int, str]]:
         yield from io.lines(settings.input)
 
 
-def _raw_records(settings: PredictSettings, kind: str) -> Iterator[tuple[int, Any]]:
+def _raw_records(settings: PredictSettings, kind: str, required: Sequence[str]) -> Iterator[tuple[int, Any]]:
     """(line, dict of fields) per input, or (line, an error message) for a malformed one."""
     if kind == "txt":
         for number, text in _lines(settings):
@@ -118,10 +118,11 @@ def _raw_records(settings: PredictSettings, kind: str) -> Iterator[tuple[int, An
             number = numbered[min(reader.line_num, len(numbered)) - 1][0]
             if header is None:
                 header = row
-                named = sorted(column for column in columns.values() if column is not None)
-                if not any(column in header for column in named):
-                    raise ValueError(f"{settings.input}: none of the columns {named} is in the header {header}; "
-                                     "name yours with --text-column (and the others)")
+                missing = [name for name in required if columns.get(name) not in header]
+                if missing:
+                    name = missing[0]
+                    raise ValueError(f"{settings.input}: no column {columns.get(name)!r} (the {name}) in the header "
+                                     f"{header}; name yours with --{name.replace('_', '-')}-column")
                 continue
             if not row:
                 continue
@@ -144,7 +145,7 @@ def read_records(settings: PredictSettings, method: str) -> tuple[list[Record], 
     required = _REQUIRED.get(method, ("text",))
     where = "stdin" if settings.input == "-" else settings.input
     records, skipped = [], 0
-    for number, value in _raw_records(settings, kind):
+    for number, value in _raw_records(settings, kind, required):
         problem = value if isinstance(value, str) else None
         if problem is None:
             missing = [name for name in required if name not in value]
