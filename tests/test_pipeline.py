@@ -246,3 +246,69 @@ def test_a_method_the_task_does_not_serve_names_the_task(tokens_model):
     with pytest.raises(ValueError, match="classify needs a classification model, but this model's task is 'tokens'"):
         pipe.classify(["x"])
     assert pipe.embed(["x"]).shape == (1, 64)  # every torch model embeds, from the encoder under its head
+
+
+class Exported:
+    """A model that is not an `nn.Module` — the interface an exported model (`backend="onnx"`) offers: `.config`,
+    `.task` and `__call__(input_ids, attention_mask, token_type_ids)` -> EncoderOutput with full logits."""
+
+    def __init__(self, model: torch.nn.Module):
+        self.model, self.config, self.task = model, model.config, model.task
+
+    def __call__(self, input_ids, attention_mask, token_type_ids=None):
+        return self.model(input_ids, attention_mask, token_type_ids)
+
+
+def test_a_model_that_is_not_a_module_drops_in(tokens_model, tmp_path):
+    from berta.inference.pipeline import Pipeline
+
+    reference = berta.pipeline(tokens_model, device="cpu")
+    exported = Pipeline(Exported(reference.model), reference.tokenizer)
+    assert exported.tag(TEXTS, aggregation="average") == reference.tag(TEXTS, aggregation="average")
+    directory = save_model(tmp_path / "mlm", Tokenizer.from_pretrained("roberta"), "masked-lm", head_std=0.02)
+    masked = berta.pipeline(directory, device="cpu")
+    texts = ["<mask> and <mask> went up the hill.", "Zoë said <mask>"]
+    ours = Pipeline(Exported(masked.model), masked.tokenizer).fill_mask(texts, top_k=3)
+    for mine, theirs in zip(ours, masked.fill_mask(texts, top_k=3), strict=True):
+        for a, b in zip(mine, theirs, strict=True):
+            close(a, b)
+
+
+class MultipleChoice(torch.nn.Module):
+    """The multiple-choice interface — inputs (batch, choices, seq), logits (batch, choices) — built as
+    transformers' *ForMultipleChoice is: one score per (context, candidate) row from a one-label classifier."""
+
+    task = "multiple-choice"
+
+    def __init__(self, classifier: torch.nn.Module):
+        super().__init__()
+        self.classifier, self.config = classifier, classifier.config
+
+    def forward(self, input_ids, attention_mask, token_type_ids=None):
+        batch, choices, seq = input_ids.shape
+        flat = [None if t is None else t.reshape(batch * choices, seq) for t in (input_ids, attention_mask,
+                                                                                  token_type_ids)]
+        output = self.classifier(*flat)
+        output.logits = output.logits.view(batch, choices)
+        return output
+
+
+def test_choose_scores_every_candidate_with_its_context(tmp_path):
+    from transformers import AutoModelForSequenceClassification
+
+    from berta.inference.pipeline import Pipeline
+
+    tokenizer = Tokenizer.from_pretrained(minilm_directory())
+    directory = save_model(tmp_path / "choice", tokenizer, "classification", {0: "score"}, head_std=1.0)
+    pipe = Pipeline(MultipleChoice(berta.load(directory)), tokenizer, batch_size=4)
+    contexts = ["She opened the door", "The bus was late", "", "Coffee"]
+    candidates = [["and left.", "a cat.", "quietly, then ran."], ["again.", "by an hour."], ["x", "y", "z"],
+                  ["was served.", "is a verb.", "ok", "spilled."]]
+    reference = AutoModelForSequenceClassification.from_pretrained(directory).eval()
+    for context, options, result in zip(contexts, candidates, pipe.choose(contexts, candidates), strict=True):
+        with torch.no_grad():
+            logits = torch.cat([reference(**tokenizer([context], [o], return_tensors="pt").model_inputs()).logits[0]
+                                for o in options])
+        expected = logits.softmax(-1)
+        assert result["scores"] == pytest.approx(expected.tolist(), abs=1e-5)
+        assert result["index"] == int(expected.argmax()) and result["choice"] == options[result["index"]]
