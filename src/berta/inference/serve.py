@@ -615,7 +615,7 @@ class Server:
             "max_body_bytes": settings.max_body_bytes, "max_queue": settings.max_queue,
             "request_timeout": settings.request_timeout,
             "labels": [pipe.config.id2label[i] for i in sorted(pipe.config.id2label)],
-            "version": _version(),
+            "version": _version(), "pid": os.getpid(),
         }
 
     # -------------------------------------------------------------- the app
@@ -892,7 +892,9 @@ def serve(settings: ServeSettings) -> None:
     if settings.workers > 1:
         # Each worker process imports the app factory and loads its own model; the settings go by environment.
         os.environ[SETTINGS_ENVIRONMENT] = json.dumps(dataclasses.asdict(settings))
-        uvicorn.run("berta.inference.serve:create_app", factory=True, workers=settings.workers, **common)
+        # A worker answers the supervisor's health check only once its model is loaded: give it the time.
+        uvicorn.run("berta.inference.serve:create_app", factory=True, workers=settings.workers,
+                    timeout_worker_healthcheck=300, **common)
         return
     server = Server(settings)
     print(f"berta serve: {settings.model} ({server.pipe.task}, {server.pipe.dtype} on {server.pipe.device}) at "
