@@ -129,6 +129,16 @@ async def run_clients(port: int, texts: list[str], offline: np.ndarray, clients:
     }
 
 
+def mean_batch_size(port: int) -> float:
+    """Inputs per model batch over the server's life, from its /metrics."""
+    with socket.create_connection(("127.0.0.1", port)) as sock:
+        sock.sendall(b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+        text = b"".join(iter(lambda: sock.recv(65536), b"")).decode()
+    values = {line.split(" ")[0]: float(line.split(" ")[1]) for line in text.splitlines()
+              if line.startswith(("berta_batch_size_sum", "berta_batch_size_count"))}
+    return round(values["berta_batch_size_sum"] / max(values["berta_batch_size_count"], 1), 2)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default=None, help="model directory (default: all-MiniLM-L6-v2)")
@@ -151,13 +161,19 @@ def main() -> None:
     texts = benchmark_texts(args.texts)
     pipe = berta.pipeline(model, device="cpu", batch_size=args.max_batch_size)
     pipe.embed(texts[:32])  # warm-up
-    started = time.perf_counter()
-    offline = pipe.embed(texts)
-    offline_seconds = time.perf_counter() - started
-    offline_rate = len(texts) / offline_seconds
-    print(f"offline pipeline.embed: {len(texts)} texts in {offline_seconds:.2f}s = {offline_rate:.1f} texts/s "
-          f"(batch {args.max_batch_size}, {torch.get_num_threads()} threads)", flush=True)
-    del pipe
+
+    def offline_pass() -> tuple[np.ndarray, float]:
+        started = time.perf_counter()
+        vectors = pipe.embed(texts)
+        rate = len(texts) / (time.perf_counter() - started)
+        print(f"offline pipeline.embed: {len(texts)} texts at {rate:.1f} texts/s (batch {args.max_batch_size}, "
+              f"{torch.get_num_threads()} threads)", flush=True)
+        return vectors, rate
+
+    # The offline figure is the best of passes before and after the load test: on a shared machine the load of
+    # other processes moves every number, and the best pass is the hardest one for the server to reach.
+    offline, first = offline_pass()
+    rates = [first, offline_pass()[1]]
 
     port = free_port()
     environment = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
@@ -182,12 +198,16 @@ def main() -> None:
         print(f"sequential: {sequential}", flush=True)
         concurrent = asyncio.run(run_clients(port, texts, offline, args.clients, args.seconds, args.max_requests,
                                              args.malformed, 3))
+        concurrent["mean_batch_size"] = mean_batch_size(port)
         print(f"concurrent: {concurrent}", flush=True)
     finally:
         server.terminate()
         server.wait(timeout=60)
+    rates.append(offline_pass()[1])
+    offline_rate = max(rates)
     results = {
-        "model": model, "offline_texts_per_second": round(offline_rate, 1), "sequential": sequential,
+        "model": model, "offline_texts_per_second": round(offline_rate, 1),
+        "offline_passes": [round(r, 1) for r in rates], "sequential": sequential,
         "concurrent": concurrent,
         "concurrent_vs_offline": round(concurrent["texts_per_second"] / offline_rate, 2),
         "concurrent_vs_sequential": round(concurrent["texts_per_second"] / sequential["texts_per_second"], 2),

@@ -87,6 +87,7 @@ class Metrics:
 
     Example:
         >>> metrics = Metrics()
+        >>> metrics.describe("berta_requests_total", "counter", "HTTP requests by route and status")
         >>> metrics.count("berta_requests_total", {"route": "/embed", "status": "200"})
         >>> "berta_requests_total{route=\\"/embed\\",status=\\"200\\"} 1" in metrics.render()
         True
