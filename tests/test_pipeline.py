@@ -239,6 +239,8 @@ def test_embed_equals_sentence_transformers_on_minilm():
     hidden = pipe.model(**pipe.tokenizer(TEXTS[:1], return_tensors="pt").model_inputs()).last_hidden_state
     assert raw[0] == pytest.approx(hidden[0, 0].detach().numpy(), abs=1e-5)
     assert pipe.embed([]).shape == (0, 384)
+    half = berta.pipeline(directory, device="cpu", dtype="bfloat16").embed(texts[:3])
+    assert half.dtype == np.float32 and (half * ours[:3]).sum(1) == pytest.approx(np.ones(3), abs=2e-2)
 
 
 def test_a_method_the_task_does_not_serve_names_the_task(tokens_model):

@@ -147,6 +147,9 @@ def test_every_bad_request_is_a_4xx_json_error(minilm):
     check_error(client.post("/embed", content=b'{"inputs": "' + b"a" * 30_000 + b'"}'), 413, "larger than 20000 bytes")
     check_error(client.post("/embed", content=b'{"a":' * 1500 + b"1" + b"}" * 1500), 422, "nests too deeply")
     check_error(client.post("/v1/embeddings", json={"input": [1, 2, 3]}), 422, "token-id inputs")
+    check_error(client.post("/embed", content=b'{"inputs": ["ok", "a\\ud800b"]}'), 422,
+                "input 1 holds an unpaired surrogate (\\ud800) at character 1")
+    check_error(client.post("/tokenize", content=b'{"inputs": "\\udfff"}'), 422, "unpaired surrogate")
     check_error(client.post("/tag", json={"inputs": "x"}), 400, "needs a tokens model, but the loaded model's task "
                                                                 "is 'encoder'", "task")
     check_error(client.post("/predict", json={"inputs": "x"}), 400, "task is 'encoder'", "task")

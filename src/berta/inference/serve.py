@@ -440,6 +440,12 @@ class Server:
             if len(text) > self.settings.max_input_chars:
                 raise ClientError(413, f"input {index} has {len(text)} characters; at most "
                                        f"{self.settings.max_input_chars} (--max-input-chars)")
+            try:
+                text.encode("utf-8")
+            except UnicodeEncodeError as error:  # JSON's "\ud800" escape: a lone surrogate, not text
+                code = f"\\u{ord(text[error.start]):04x}"
+                raise ClientError(422, f"input {index} holds an unpaired surrogate ({code}) at character "
+                                       f"{error.start}; it is not valid Unicode text") from None
 
     def _lengths(self, texts: list[str], pairs: list[str | None] | None = None) -> list[int]:
         tokenizer = self.pipe.tokenizer
@@ -589,6 +595,7 @@ class Server:
         targets = _field(body, "targets", (list,), None)
         if targets is not None:
             targets, _ = _strings(targets, "targets")
+            self._check_sizes(targets)
         self._check_sizes(texts)
         mask = self.pipe.tokenizer.mask_id
         tokens = []
