@@ -448,11 +448,10 @@ class Server:
                                        f"{error.start}; it is not valid Unicode text") from None
 
     def _lengths(self, texts: list[str], pairs: list[str | None] | None = None) -> list[int]:
-        tokenizer = self.pipe.tokenizer
-        if pairs is None or all(p is None for p in pairs):
-            return [len(e.ids) for e in tokenizer.backend.encode_batch(texts)]
-        return [len(e.ids) for e in tokenizer.backend.encode_batch(
-            [t if p is None else (t, p) for t, p in zip(texts, pairs, strict=True)])]
+        # One text at a time: the parallel batch encoder's thread wake-ups cost more than a request's few texts.
+        backend = self.pipe.tokenizer.backend
+        pairs = pairs or [None] * len(texts)
+        return [len(backend.encode(t, p).ids) for t, p in zip(texts, pairs, strict=True)]
 
     async def _submit(self, request: Any, kind: tuple, inputs: list[Any], tokens: list[int]) -> list[Any]:
         limit = self.pipe.max_length
@@ -484,8 +483,7 @@ class Server:
         self._check_sizes(texts)
         tokens = self._lengths(texts)
         self._check_length(tokens, truncate)
-        vectors = await self._submit(request, ("embed", normalize), texts, tokens)
-        return [vector.tolist() for vector in vectors]
+        return await self._submit(request, ("embed", normalize), texts, tokens)  # float32 arrays, written by orjson
 
     def _check_length(self, tokens: list[int], truncate: bool) -> None:
         limit = min(self.pipe.max_length, (self.pipe.sentence_transformers.max_seq_length or self.pipe.max_length)
@@ -512,7 +510,7 @@ class Server:
         data = []
         for index, vector in enumerate(vectors):
             embedding: Any = (base64.b64encode(np.asarray(vector, dtype="<f4").tobytes()).decode()
-                              if encoding == "base64" else vector.tolist())
+                              if encoding == "base64" else vector)
             data.append({"object": "embedding", "embedding": embedding, "index": index})
         used = sum(min(t, self.pipe.max_length) for t in tokens)
         return {"object": "list", "data": data, "model": _field(body, "model", (str,), self.model_id),
@@ -629,8 +627,9 @@ class Server:
     # -------------------------------------------------------------- the app
 
     def _build_app(self) -> Any:
+        import orjson
         from fastapi import FastAPI, Request
-        from fastapi.responses import JSONResponse, PlainTextResponse
+        from fastapi.responses import JSONResponse, PlainTextResponse, Response
 
         @contextlib.asynccontextmanager
         async def lifespan(app: Any):
@@ -647,7 +646,9 @@ class Server:
         def route(path: str, handler: Callable[..., Any], schema: dict[str, Any], summary: str) -> None:
             async def endpoint(request) -> Any:  # noqa: ANN001 - annotated below for FastAPI
                 body = await _json_body(request)
-                return JSONResponse(await handler(body, request))
+                # orjson writes float32 arrays directly, ten times faster than json with floats made Python's.
+                content = orjson.dumps(await handler(body, request), option=orjson.OPT_SERIALIZE_NUMPY)
+                return Response(content, media_type="application/json")
 
             endpoint.__annotations__["request"] = Request  # a class, not the postponed string FastAPI cannot resolve
 
