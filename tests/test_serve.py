@@ -316,3 +316,27 @@ def test_sigterm_finishes_requests_in_flight(tmp_path):
             process.kill()
         process.wait()
         process.stdout.close()
+
+
+def test_attention_route_is_mounted_when_the_viewer_module_imports(monkeypatch, tmp_path):
+    import types
+
+    # berta.viz.attention is written on another branch; a stand-in with its signature shows the hook mounts it.
+    viewer = types.ModuleType("berta.viz.attention")
+    viewer.attention_html = lambda model, tokenizer, text, pair=None: f"<html>{model.task}|{text}|{pair}</html>"
+    directory = save_model(tmp_path / "model", Tokenizer.from_pretrained("roberta"), "encoder")
+    running = Running(directory)
+    try:
+        assert running.client.get("/attention", params={"text": "a"}).status_code == 404  # no module, no route
+    finally:
+        running.close()
+    monkeypatch.setitem(sys.modules, "berta.viz.attention", viewer)
+    running = Running(directory)
+    try:
+        page = running.client.get("/attention", params={"text": "a cat", "pair": "a dog"})
+        assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+        assert page.text == "<html>encoder|a cat|a dog</html>"
+        assert running.client.post("/attention", json={"text": "b"}).text == "<html>encoder|b|None</html>"
+        check_error(running.client.get("/attention"), 422, "query parameter 'text' is missing")
+    finally:
+        running.close()
