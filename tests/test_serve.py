@@ -201,7 +201,7 @@ def test_queue_limit_refuses_at_once(tmp_path):
         running.close()
 
 
-def test_api_key(tmp_path):
+def test_api_key(monkeypatch):
     running = Running(minilm_directory(), api_key="s3cret")
     try:
         check_error(running.client.post("/embed", json={"inputs": "a"}), 401, "API key", "unauthorized")
@@ -210,6 +210,15 @@ def test_api_key(tmp_path):
         right = running.client.post("/embed", json={"inputs": "a"}, headers={"Authorization": "Bearer s3cret"})
         assert right.status_code == 200
         assert running.client.get("/health").status_code == 200  # load balancers probe without the key
+    finally:
+        running.close()
+    monkeypatch.setenv("BERTA_API_KEY", "from-the-environment")
+    running = Running(minilm_directory())
+    try:
+        check_error(running.client.post("/embed", json={"inputs": "a"}), 401, "API key", "unauthorized")
+        right = running.client.post("/embed", json={"inputs": "a"},
+                                    headers={"Authorization": "Bearer from-the-environment"})
+        assert right.status_code == 200
     finally:
         running.close()
 

@@ -40,6 +40,7 @@ import numpy as np
 log = logging.getLogger(__name__)
 
 SETTINGS_ENVIRONMENT = "BERTA_SERVE_SETTINGS"  # how `--workers N` hands the settings to each worker process
+API_KEY_ENVIRONMENT = "BERTA_API_KEY"
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 _SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
 _TOKEN_BUCKETS = (16, 64, 256, 1024, 2048, 4096, 8192, 16384, 32768, 65536)
@@ -65,7 +66,8 @@ class ServeSettings:
     max_queue: int = field(default=1024, metadata={"help": "most inputs waiting for the model (else 429)"})
     request_timeout: float = field(default=30.0, metadata={"help": "seconds a request may wait for its result"})
     api_key: str | None = field(default=None, metadata={"help": "require 'Authorization: Bearer KEY' (not on "
-                                                                 "/health)"})
+                                                                 "/health); or set $BERTA_API_KEY, which ps "
+                                                                 "does not show"})
     workers: int = field(default=1, metadata={"help": "server processes on the port, each with its own model"})
     log_level: str = field(default="info", metadata={"help": "uvicorn log level",
                                                      "choices": ["critical", "error", "warning", "info", "debug"]})
@@ -368,6 +370,8 @@ class Server:
     def __init__(self, settings: ServeSettings):
         from berta.inference.pipeline import pipeline
 
+        if settings.api_key is None and os.environ.get(API_KEY_ENVIRONMENT):
+            settings = dataclasses.replace(settings, api_key=os.environ[API_KEY_ENVIRONMENT])
         self.settings = settings
         self.pipe = pipeline(settings.model, device=settings.device, dtype=settings.dtype,
                              batch_size=settings.max_batch_size, backend=settings.backend)
