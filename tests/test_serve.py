@@ -349,3 +349,15 @@ def test_attention_route_is_mounted_when_the_viewer_module_imports(monkeypatch, 
         check_error(running.client.get("/attention"), 422, "query parameter 'text' is missing")
     finally:
         running.close()
+
+
+def test_a_request_past_its_timeout_is_answered_and_dropped():
+    running = Running(minilm_directory(), request_timeout=0.3, max_wait_ms=2000)
+    try:
+        started = time.monotonic()
+        check_error(running.client.post("/embed", json={"inputs": "slow"}), 503, "no result within 0.3 s", "timeout")
+        assert time.monotonic() - started < 1.5
+        assert running.metric("berta_queue_size") == 0
+        assert running.client.get("/health").status_code == 200
+    finally:
+        running.close()

@@ -9,7 +9,8 @@ model's task (`--method` picks another the model serves, e.g. `embed` from a cla
 the run naming its line, or with `--skip-errors` is counted and left out.
 
 Under `torchrun` every rank reads the input, takes every WORLD_SIZE-th input from its RANK, and writes a part
-file; rank 0 interleaves the parts back into one output in input order.
+file beside the output; rank 0 interleaves the parts back into one output in input order (across nodes, the
+output's directory must be one all nodes share).
 """
 
 from __future__ import annotations
