@@ -285,8 +285,8 @@ class Batcher:
             try:
                 results = self.run(kind, [job.inputs[index] for job, index in picked])
                 outcome: list[Any] = list(zip(picked, results, strict=True))
-            except Exception as error:  # one bad input must not fail the others: run each job alone
-                log.warning("batch of %d %s inputs failed (%s); running its requests one by one",
+            except Exception as error:  # one bad input must not fail the others: run each input alone
+                log.warning("batch of %d %s inputs failed (%s); running its inputs one by one",
                             len(picked), kind[0], error)
                 outcome = self._one_by_one(kind, picked)
             for (job, index), result in outcome:
