@@ -636,16 +636,16 @@ def pipeline(
         >>> pipe = berta.pipeline("runs/sst2/model")  # doctest: +SKIP
         >>> pipe.classify(["a gem"], top_k=None)  # doctest: +SKIP
     """
-    if backend == "torch":
-        from berta.checkpoints.hf import load
+    if backend not in ("torch", "onnx"):
+        raise ValueError(f"backend {backend!r} is not one of ('torch', 'onnx')")
+    from berta.checkpoints.hf import _resolve_directory, load
 
-        model = load(path, device=resolve_device(device), dtype=resolve_dtype(dtype))
-    elif backend == "onnx":
+    directory = _resolve_directory(path)  # a hub id becomes its downloaded directory, for weights and tokenizer
+    if backend == "torch":
+        model = load(directory, device=resolve_device(device), dtype=resolve_dtype(dtype))
+    else:
         from berta.inference.onnx_backend import OnnxModel
 
-        model = OnnxModel(path)
-    else:
-        raise ValueError(f"backend {backend!r} is not one of ('torch', 'onnx')")
-    tokenizer = Tokenizer.from_pretrained(path)
-    return Pipeline(model, tokenizer, batch_size=batch_size, directory=path)
+        model = OnnxModel(directory)
+    return Pipeline(model, Tokenizer.from_pretrained(directory), batch_size=batch_size, directory=directory)
 
