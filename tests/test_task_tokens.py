@@ -107,11 +107,20 @@ def test_predictions_per_word_from_the_first_sub_token(bert):
     assert result["f1"] == 1.0 and result["number"] == 2
 
 
-def test_words_beyond_max_length_are_tagged_o_with_a_warning(roberta):
-    sentence = Sentence(["word"] * 40, ["O"] * 40, "s.conll", 1)
+def test_long_sentences_are_windowed_each_word_labelled_and_read_once(roberta):
+    words = [f"w{i % 7}" for i in range(40)]
+    tags = [TAGS[i % 4] for i in range(40)]
+    sentence = Sentence(words, tags, "s.conll", 1)
     task = TokenTask(roberta, id2label=TAGS, max_length=16)
+    features = task.featurize([sentence])
+    assert len(features) > 3 and all(len(f["input_ids"]) <= 16 for f in features)
+    label2id = {v: k for k, v in TAGS.items()}
+    labelled = [(f["word_ids"][p], label) for f in features for p, label in enumerate(f["labels"]) if label != IGNORE]
+    assert labelled == [(i, label2id[t]) for i, t in enumerate(tags)]  # every word once, in order
 
-    class Constant:
+    class ByToken:
+        """A stand-in model whose logits depend only on each token's id, so windows cannot change them."""
+
         def __init__(self):
             import torch
 
@@ -125,13 +134,15 @@ def test_words_beyond_max_length_are_tagged_o_with_a_warning(roberta):
             return iter([self.weight])
 
         def __call__(self, input_ids, attention_mask, token_type_ids=None):
-            logits = self.torch.zeros(*input_ids.shape, len(TAGS))
-            logits[..., 1] = 1.0  # B-PER everywhere the model sees
-            return type("Output", (), {"logits": logits})()
+            return type("Output", (), {"logits": self.torch.nn.functional.one_hot(input_ids % 4, 4).float()})()
 
-    with pytest.warns(UserWarning, match="26 words lie beyond max_length=16"):
-        (prediction,) = task.predict(Constant(), [sentence])
-    assert prediction["tags"][:14] == ["B-PER"] * 14 and prediction["tags"][14:] == ["O"] * 26
+    (prediction,) = task.predict(ByToken(), [sentence])
+    whole = roberta([words], is_split_into_words=True, padding=False)
+    firsts = {}
+    for position, word in enumerate(whole.word_ids(0)):
+        if word is not None:
+            firsts.setdefault(word, whole["input_ids"][0][position])
+    assert prediction["tags"] == [TAGS[firsts[i] % 4] for i in range(40)]
 
 
 def test_conll_line_with_wrong_field_count_names_file_and_line(tmp_path, roberta):

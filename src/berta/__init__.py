@@ -7,6 +7,7 @@ Example:
 
 from berta.checkpoints.hf import load
 from berta.config import PRESETS, EncoderConfig
+from berta.inference.pipeline import Pipeline, pipeline
 from berta.model import (
     Encoder,
     EncoderOutput,
@@ -26,10 +27,12 @@ __all__ = [
     "EncoderOutput",
     "MaskedLM",
     "MultipleChoice",
+    "Pipeline",
     "QuestionAnswering",
     "SequenceClassifier",
     "TokenClassifier",
     "Tokenizer",
     "create",
     "load",
+    "pipeline",
 ]

@@ -38,6 +38,8 @@ JOBS: dict[tuple[str, ...], str] = {
     ("finetune",): "berta.train.finetune:finetune",
     ("evaluate",): "berta.train.finetune:evaluate",
     ("export", "onnx"): "berta.inference.export:export",
+    ("predict",): "berta.inference.predict:predict",
+    ("serve",): "berta.inference.serve:serve",
 }
 
 

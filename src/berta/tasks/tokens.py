@@ -5,6 +5,10 @@ first sub-token and the others are ignored in the loss (-100), or, with `label_a
 carries it (a B- tag continues as I-, as in `transformers`' run_ner). A word's prediction is read at its first
 sub-token. Entity tags are decoded into spans (conlleval rules, `berta.metrics.tags_to_spans`) with character
 offsets into the sentence text, the words joined by single spaces.
+
+A sentence longer than `max_length` tokens is split into overlapping windows (`token_windows`); each token is
+labelled and read in exactly one window, the one where it has context on both sides, so nothing is cut and
+nothing is counted twice. `berta.pipeline(...).tag` windows raw text the same way.
 """
 
 from __future__ import annotations
@@ -40,6 +44,34 @@ class TokenOptions(Options):
 
 
 _ENTITY_TAG = re.compile(r"[BIES]-.+")
+
+
+def token_windows(length: int, room: int, stride: int | None = None) -> list[tuple[int, int, int, int]]:
+    """Windows over `length` tokens: (start, end, own_start, own_end) with at most `room` tokens each,
+    consecutive windows overlapping by `stride` tokens (default: half the room, at most 128).
+
+    Every token is owned by exactly one window — the overlap is split at its middle — so a token is read where
+    it has context on both sides. One window when everything fits.
+
+    Example:
+        >>> token_windows(10, room=6, stride=2)
+        [(0, 6, 0, 5), (4, 10, 5, 10)]
+    """
+    if room < 1:
+        raise ValueError(f"a window needs room for at least one token, got room={room}")
+    stride = min(128, room // 2) if stride is None else stride
+    if not 0 <= stride < room:
+        raise ValueError(f"stride must be in 0..{room - 1} (room {room}), got {stride}")
+    spans = [(0, min(length, room))]
+    while spans[-1][1] < length:
+        start = spans[-1][1] - stride
+        spans.append((start, min(length, start + room)))
+    windows = []
+    for index, (start, end) in enumerate(spans):
+        own_start = 0 if index == 0 else start + stride // 2
+        own_end = end if index == len(spans) - 1 else spans[index + 1][0] + stride // 2
+        windows.append((start, end, own_start, own_end))
+    return windows
 
 
 def detect_scheme(labels: Sequence[str]) -> str | None:
@@ -157,24 +189,44 @@ class TokenTask(Task):
         return self._scheme or detect_scheme(list(self.id2label.values()))
 
     def featurize(self, sentences: Sequence[Sentence]) -> list[dict[str, Any]]:
-        """Token ids, each token's word (`word_ids`, None for special tokens) and the aligned `labels`."""
-        batch = self.tokenizer(
-            [s.tokens for s in sentences], is_split_into_words=True, padding=False, truncation=True,
-            max_length=self.max_length,
-        )
+        """Token ids, each token's word (`word_ids`, None for special tokens) and the aligned `labels`; one
+        feature per window (`example`: the sentence's index; `owned`: the positions labelled and read here)."""
+        batch = self.tokenizer([s.tokens for s in sentences], is_split_into_words=True, padding=False)
         label2id = self.vocabulary.label2id if self.vocabulary is not None else {}
         features = []
         for i, sentence in enumerate(sentences):
-            word_ids = batch.word_ids(i)
-            feature: dict[str, Any] = {"input_ids": batch["input_ids"][i], "word_ids": word_ids}
-            if self.tokenizer.has_token_types:
-                feature["token_type_ids"] = batch["token_type_ids"][i]
+            ids, word_ids = batch["input_ids"][i], batch.word_ids(i)
+            labels = None
             if sentence.tags is not None:
                 tag_ids = self.vocabulary.encode(sentence) if self.vocabulary is not None else None
                 if tag_ids is None:
                     raise ValueError("the task has no tag set yet: call fit_labels(training sentences)")
-                feature["labels"] = self._align(word_ids, tag_ids, sentence.tags, label2id)  # type: ignore[arg-type]
-            features.append(feature)
+                labels = self._align(word_ids, tag_ids, sentence.tags, label2id)  # type: ignore[arg-type]
+            if len(ids) <= self.max_length:
+                feature: dict[str, Any] = {"input_ids": ids, "word_ids": word_ids, "example": i,
+                                           "owned": (0, len(ids))}
+                if self.tokenizer.has_token_types:
+                    feature["token_type_ids"] = batch["token_type_ids"][i]
+                if labels is not None:
+                    feature["labels"] = labels
+                features.append(feature)
+                continue
+            # [CLS] content [SEP]: windows over the content, each with its own special tokens.
+            for start, end, own_start, own_end in token_windows(len(ids) - 2, self.max_length - 2):
+                window = range(1 + start, 1 + end)
+                feature = {
+                    "input_ids": [ids[0], *(ids[j] for j in window), ids[-1]],
+                    "word_ids": [None, *(word_ids[j] for j in window), None],
+                    "example": i,
+                    "owned": (1 + own_start - start, 1 + own_end - start),
+                }
+                if self.tokenizer.has_token_types:
+                    feature["token_type_ids"] = [0] * len(feature["input_ids"])
+                if labels is not None:
+                    feature["labels"] = [IGNORE_INDEX] + [
+                        labels[1 + j] if own_start <= j < own_end else IGNORE_INDEX for j in range(start, end)
+                    ] + [IGNORE_INDEX]
+                features.append(feature)
         return features
 
     def _align(
@@ -204,7 +256,7 @@ class TokenTask(Task):
 
     def predict(self, model: nn.Module, sentences: Sequence[Sentence], batch_size: int = 64) -> list[dict]:
         """Per sentence: `tags` (one per word) and `entities` (spans with character offsets) when the tags are
-        entity tags. Words cut off by `max_length` get "O" (a warning gives the count)."""
+        entity tags. Sentences longer than `max_length` tokens are read in overlapping windows."""
         features = self.featurize([Sentence(s.tokens, None, s.path, s.line) for s in sentences])
         rows, _ = run_model(model, features, self.collate, self.outputs, batch_size, per_token=True)
         return self.decode(sentences, features, rows)
@@ -212,28 +264,30 @@ class TokenTask(Task):
     def decode(
         self, sentences: Sequence[Sentence], features: Sequence[dict], rows: Sequence[dict[str, np.ndarray]]
     ) -> list[dict]:
-        """Per-word tags (and entities) from the token logits of each sentence's feature."""
+        """Per-word tags (and entities) from the token logits of each sentence's windows."""
         names, scheme = self.id2label, self.scheme
         outside = "O" if "O" in names.values() else names[0]
-        predictions, cut = [], 0
-        for sentence, feature, row in zip(sentences, features, rows, strict=True):
+        windows: list[list[tuple[dict, dict[str, np.ndarray]]]] = [[] for _ in sentences]
+        for feature, row in zip(features, rows, strict=True):
+            windows[feature["example"]].append((feature, row))
+        predictions, missing = [], 0
+        for sentence, found in zip(sentences, windows, strict=True):
             tags = [outside] * len(sentence.tokens)
             seen = set()
-            for position, word in enumerate(feature["word_ids"]):
-                if word is not None and word not in seen:
-                    seen.add(word)
-                    tags[word] = names[int(np.argmax(row["logits"][position]))]
-            cut += len(sentence.tokens) - len(seen)
+            for feature, row in found:  # in order: a word's first owned token is its first sub-token
+                first, last = feature["owned"]
+                for position in range(first, last):
+                    word = feature["word_ids"][position]
+                    if word is not None and word not in seen:
+                        seen.add(word)
+                        tags[word] = names[int(np.argmax(row["logits"][position]))]
+            missing += len(sentence.tokens) - len(seen)
             prediction: dict[str, Any] = {"tags": tags}
             if scheme is not None:
                 prediction["entities"] = entity_spans(sentence.tokens, tags, scheme)
             predictions.append(prediction)
-        if cut:
-            warnings.warn(
-                f"{cut} words lie beyond max_length={self.max_length} tokens (or have no tokens) and are tagged "
-                f"{outside!r}; raise --max-length to tag them",
-                stacklevel=3,
-            )
+        if missing:
+            warnings.warn(f"{missing} words have no tokens and are tagged {outside!r}", stacklevel=3)
         return predictions
 
     def score(self, sentences: Sequence[Sentence], predictions: Sequence[dict]) -> dict[str, Any]:
