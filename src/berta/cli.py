@@ -31,6 +31,7 @@ JOBS: dict[tuple[str, ...], str] = {
     ("finetune",): "berta.train.finetune:finetune",
     ("evaluate",): "berta.train.finetune:evaluate",
     ("export", "onnx"): "berta.inference.export:export",
+    ("attention",): "berta.viz.attention:attention",
 }
 
 
