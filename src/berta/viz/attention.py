@@ -124,7 +124,12 @@ def token_labels(encoding: Any, text: str, pair: str | None = None, groups: list
             continue
         source = sources[encoding.sequence_ids[first] or 0] or ""
         start, end = encoding.offsets[first][0], encoding.offsets[last][1]
-        label = _visible(source[start:end]) if end > start else _readable_piece(encoding.tokens[first])
+        if len(group) == 1 and not encoding.tokens[first].strip("▁"):
+            label = "␣"  # SentencePiece's lone word marker covers no character (its offsets borrow the next one)
+        elif end > start:
+            label = _visible(source[start:end])
+        else:
+            label = _readable_piece(encoding.tokens[first])
         labels.append(label if merged or first in starts else "##" + label)
     return labels
 
@@ -222,6 +227,13 @@ def render_png(maps: AttentionMaps, layer: int | None = None, head: int | None =
     Example:
         >>> Path("attention.png").write_bytes(render_png(maps, layer=2, head=5))
     """
+    figure = _figure(maps, layer, head, dpi)
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=dpi, bbox_inches="tight")
+    return buffer.getvalue()
+
+
+def _figure(maps: AttentionMaps, layer: int | None, head: int | None, dpi: int = 100) -> Any:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -262,9 +274,7 @@ def render_png(maps: AttentionMaps, layer: int | None = None, head: int | None =
     figure.supxlabel("key (attended to)", fontsize=9)
     figure.supylabel("query (attending)", fontsize=9)
     figure.colorbar(image, ax=grid, shrink=0.6 if rows > 1 else 0.9, fraction=0.03, pad=0.01)
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=dpi, bbox_inches="tight")
-    return buffer.getvalue()
+    return figure
 
 
 # ------------------------------------------------------------------------------------------------ HTML
