@@ -102,7 +102,7 @@ def test_viewer_draws_the_model_probabilities_offline(page_and_reference, browse
     assert opacity == pytest.approx(expected[3, 7, bank, n - 1], rel=2 * FLOAT16_EPSILON, abs=2e-6)
     readout = page.locator("#readout").text_content()
     top = int(np.argmax(expected[3, 7, bank]))
-    assert f"“bank” (token {bank}), layer 3, head 7, attends most to: {maps.tokens[top]} " in readout
+    assert f"“bank” (token {bank}), layer 3, head 7, attends most to: “{maps.tokens[top]}” " in readout
 
     page.hover(f"#keys .token[data-index='{bank}']")
     lines = _drawn(page)
