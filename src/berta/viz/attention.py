@@ -242,11 +242,16 @@ def _figure(maps: AttentionMaps, layer: int | None, head: int | None, dpi: int =
     head_list = list(range(maps.num_heads)) if head is None else [head]
     rows, columns, n = len(layer_list), len(head_list), len(maps.tokens)
     single = rows * columns == 1
-    # A cell is big enough for its labels when it is alone; in a grid the labels sit on the outer axes only.
-    cell = min(max(0.16 * n, 3.0), 30.0) if single else min(max(0.09 * n, 1.6), 6.0)
-    font = max(3.0, min(10.0, 0.8 * cell * 72 / max(n, 1)))
+    # Cell sizes in inches: the fewer the maps, the larger each (labels sit on the outer axes of a grid only).
+    if single:
+        cell = min(max(0.16 * n, 3.0), 30.0)
+    elif rows * columns <= 12:
+        cell = min(max(0.12 * n, 2.2), 10.0)
+    else:
+        cell = min(max(0.09 * n, 1.6), 6.0)
+    font = max(3.0, min(10.0, 0.8 * cell * 72 / max(n, 1)))  # points
     step = max(1, int(np.ceil(n * font * 1.1 / (cell * 72) - 1e-9)))  # show every step-th label when they cannot fit
-    margin = 0.09 * font * max(len(t) for t in maps.tokens) + 0.6
+    margin = 0.6 * font / 72 * max(len(t) for t in maps.tokens) + 0.6  # a character is about 0.6 em wide
     figure = Figure(figsize=(columns * cell + margin + 1.0, rows * cell + margin + 0.6), dpi=dpi, layout="constrained")
     FigureCanvasAgg(figure)
     grid = figure.subplots(rows, columns, squeeze=False)
@@ -273,7 +278,7 @@ def _figure(maps: AttentionMaps, layer: int | None, head: int | None, dpi: int =
                     axes.set_ylabel(f"layer {layer_index}", fontsize=9)
     figure.supxlabel("key (attended to)", fontsize=9)
     figure.supylabel("query (attending)", fontsize=9)
-    figure.colorbar(image, ax=grid, shrink=0.6 if rows > 1 else 0.9, fraction=0.03, pad=0.01)
+    figure.colorbar(image, ax=grid, shrink=0.8, fraction=0.03, pad=0.01)
     return figure
 
 
