@@ -83,8 +83,9 @@ def word_groups(encoding: Any) -> list[list[int]]:
     Special tokens stay alone.
 
     Example:
-        >>> word_groups(Tokenizer.from_pretrained("roberta").encode("Hello worldly!"))
-        [[0], [1], [2, 3], [4], [5]]
+        >>> from berta import Tokenizer
+        >>> word_groups(Tokenizer.from_pretrained("roberta").encode("Hello xylophonists!"))
+        [[0], [1], [2, 3, 4, 5], [6], [7]]
     """
     groups: list[list[int]] = []
     previous = None
@@ -107,8 +108,14 @@ def token_labels(encoding: Any, text: str, pair: str | None = None, groups: list
     tokens keep their names.
 
     Example:
-        >>> token_labels(Tokenizer.from_pretrained("roberta").encode("Hello worldly!"), "Hello worldly!")
-        ['<s>', 'Hello', 'world', '##ly', '!', '</s>']
+        >>> from berta import Tokenizer
+        >>> encoding = Tokenizer.from_pretrained("roberta").encode("Hello xylophonists!")
+        >>> encoding.tokens
+        ['<s>', 'Hello', 'Ġx', 'yl', 'ophon', 'ists', '!', '</s>']
+        >>> token_labels(encoding, "Hello xylophonists!")
+        ['<s>', 'Hello', 'x', '##yl', '##ophon', '##ists', '!', '</s>']
+        >>> token_labels(encoding, "Hello xylophonists!", groups=word_groups(encoding))
+        ['<s>', 'Hello', 'xylophonists', '!', '</s>']
     """
     sources = (text, pair)
     merged = groups is not None
@@ -150,7 +157,7 @@ def merge_subwords(weights: np.ndarray, groups: list[list[int]]) -> np.ndarray:
     Keys of a word are summed, queries averaged, so rows still sum to 1.
 
     Example:
-        >>> merge_subwords(np.array([[0.5, 0.25, 0.25], [0.0, 1.0, 0.0], [0.2, 0.2, 0.6]]), [[0], [1, 2]])
+        >>> merge_subwords(np.array([[0.5, 0.25, 0.25], [0.0, 1.0, 0.0], [0.2, 0.2, 0.6]]), [[0], [1, 2]]).round(6)
         array([[0.5, 0.5],
                [0.1, 0.9]])
     """
@@ -172,9 +179,10 @@ def attention_maps(
 ) -> AttentionMaps:
     """Run `model` on `text` (and `pair`) and return every layer's attention probabilities with labels.
 
-    Example:
+    Example (`path`: the MiniLM directory):
         >>> maps = attention_maps(berta.load(path), berta.Tokenizer.from_pretrained(path), "The bank is closed.")
-        >>> maps.weights.shape, maps.tokens[:3]
+        ... # doctest: +SKIP
+        >>> maps.weights.shape, maps.tokens[:3]  # doctest: +SKIP
         ((6, 12, 7, 7), ['[CLS]', 'The', 'bank'])
     """
     encoding = tokenizer.encode(text, pair)
@@ -225,7 +233,7 @@ def render_png(maps: AttentionMaps, layer: int | None = None, head: int | None =
     Colours run from 0 to 1 on one scale for every map (so maps compare); the query tokens are on the y axis.
 
     Example:
-        >>> Path("attention.png").write_bytes(render_png(maps, layer=2, head=5))
+        >>> Path("attention.png").write_bytes(render_png(maps, layer=2, head=5))  # doctest: +SKIP
     """
     figure = _figure(maps, layer, head, dpi)
     buffer = io.BytesIO()
@@ -289,7 +297,7 @@ def render_html(maps: AttentionMaps, title: str = "berta attention", layer: int 
     """One self-contained HTML page (no network) that draws `maps`; it opens on `layer` and `head` (None: all).
 
     Example:
-        >>> Path("attention.html").write_text(render_html(maps, title="MiniLM"), encoding="utf-8")
+        >>> Path("attention.html").write_text(render_html(maps, title="MiniLM"), encoding="utf-8")  # doctest: +SKIP
     """
     _check_selection(maps, layer, head)
     weights = np.ascontiguousarray(maps.weights, dtype="<f2")  # float16, little-endian: 2 bytes per weight
@@ -315,6 +323,7 @@ def attention_html(
 
     Example:
         >>> page = attention_html(berta.load(path), berta.Tokenizer.from_pretrained(path), "The bank is closed.")
+        ... # doctest: +SKIP
     """
     return render_html(attention_maps(model, tokenizer, text, pair, merge), title, layer, head)
 
@@ -327,6 +336,7 @@ def attention_png(
 
     Example:
         >>> png = attention_png(berta.load(path), berta.Tokenizer.from_pretrained(path), "Hi there.", layer=0)
+        ... # doctest: +SKIP
     """
     return render_png(attention_maps(model, tokenizer, text, pair, merge), layer, head)
 
@@ -339,8 +349,10 @@ class AttentionSettings:
     model: str = field(metadata={"help": "model directory with its tokenizer"})
     out: Path = field(metadata={"help": "FILE.png (heatmaps) or FILE.html (interactive viewer, works offline)"})
     pair: str | None = field(default=None, metadata={"help": "second text of a sentence pair"})
-    layer: int | None = field(default=None, metadata={"help": "layer to draw, from 0 (default: all)"})
-    head: int | None = field(default=None, metadata={"help": "head to draw, from 0 (default: all)"})
+    layer: int | None = field(default=None, metadata={
+        "help": "layer to draw, from 0 (PNG default: all; HTML: the layer the page opens on, default 0)"})
+    head: int | None = field(default=None, metadata={
+        "help": "head to draw, from 0 (PNG default: all; HTML: the head the page opens on, default all)"})
     merge_subwords: bool = field(default=False, metadata={
         "help": "merge sub-word pieces into words (keys summed, queries averaged)"})
     device: str = field(default="cpu", metadata={"help": "cpu, cuda, cuda:1, ..."})
@@ -351,6 +363,7 @@ def attention(settings: AttentionSettings) -> Path:
 
     Example:
         >>> attention(AttentionSettings(text="The bank is closed.", model="runs/sst/model", out=Path("a.html")))
+        ... # doctest: +SKIP
     """
     import berta
     from berta.io import atomic_write_bytes, atomic_write_text
