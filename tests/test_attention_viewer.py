@@ -5,6 +5,8 @@ and the weights it draws must be the model's probabilities (checked against `tra
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -14,7 +16,7 @@ from playwright.sync_api import sync_playwright
 
 import berta
 from berta.tokenizer import Tokenizer
-from berta.viz import attention_html, attention_maps
+from berta.viz import attention_html, attention_maps, render_html
 
 TEXT = "The bank of the river flooded after the storm."
 PAIR = "Was the riverbank closed?"
@@ -144,3 +146,34 @@ def test_viewer_draws_the_model_probabilities_offline(page_and_reference, browse
     assert errors == []
     assert requests == [path.as_uri()]  # nothing but the file itself was ever requested
     context.close()
+
+
+def test_viewer_shows_markup_in_tokens_as_text_and_merged_words(browser, roberta, tmp_path):
+    """Byte-level BPE on a tiny RoBERTa, merged into words; a label holding `</script>` markup stays text."""
+    torch.manual_seed(0)
+    model = berta.create(berta.EncoderConfig.preset("tiny")).eval()
+    text, pair = "Tags like <b>bold</b> are text, xylophonists!", "Ünïcode wörds"
+    maps = attention_maps(model, roberta, text, pair, merge=True)
+    assert {"</", "xylophonists", "Ünïcode", "wörds", "</s>"} <= set(maps.tokens)
+    maps = dataclasses.replace(maps, tokens=[*maps.tokens[:-1], "</script><b>bold</b>"])  # the closing </s>
+    path = tmp_path / "attention.html"
+    path.write_text(render_html(maps, title="<b>tiny</b>"), encoding="utf-8")
+    page = browser.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    page.goto(path.as_uri())
+    page.wait_for_selector("body[data-ready='true']", timeout=30_000)
+    assert page.locator("#queries .token").all_text_contents() == maps.tokens
+    assert page.locator("b").count() == 0  # no markup was parsed, neither from the title nor from a token
+    assert page.locator("h1").text_content() == "<b>tiny</b>"
+    assert "sub-word tokens merged into words" in page.locator("#summary").text_content()
+    page.select_option("#layer", "1")
+    page.select_option("#head", "3")
+    word = maps.tokens.index("xylophonists")
+    page.hover(f"#keys .token[data-index='{word}']")
+    lines = _drawn(page)
+    assert len(lines) == len(maps.tokens)
+    for line in lines:
+        assert float(line["weight"]) == float(np.float16(maps.weights[1, 3, int(line["query"]), word]))
+    assert errors == []
+    page.close()
