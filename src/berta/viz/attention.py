@@ -11,7 +11,7 @@ Labels are the text the token covers, read through the tokenizer's character off
 and SentencePiece's `▁` never show, lowercasing and accent stripping are undone, and a piece that continues a
 word is written `##piece` in every family. Special tokens keep their names (`[CLS]`, `<s>`).
 
-Merging sub-words (`merge_subwords=True`) follows Clark et al. (2019), "What Does BERT Look At?", section 2: the
+Merging sub-words (`merge=True`, `--merge-subwords`) follows Clark et al. (2019), "What Does BERT Look At?": the
 attention *to* a word is the sum of the attention to its pieces, and the attention *from* a word is the mean over
 its pieces of their attention. Rows stay probability distributions (they still sum to 1).
 
@@ -27,7 +27,6 @@ import base64
 import html
 import io
 import json
-import logging
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -36,8 +35,6 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
-
-log = logging.getLogger(__name__)
 
 _WHITESPACE_LABELS = {"\n": "↵", "\r": "↵", "\t": "⇥"}
 
