@@ -199,6 +199,9 @@ def test_png_draws_the_probabilities_with_readable_labels(minilm, reference):
     assert 400 < width < 2000 and 400 < height < 2000
     _, row = _figure_maps(maps, layer=3)
     assert len(row) == 12
+    figure, _ = _figure_maps(viz.attention_maps(model, tokenizer, TEXT, PAIR), layer=0, head=0)
+    (across, down) = figure.axes[0].lines  # the text / pair boundary, after the first [SEP]
+    assert across.get_ydata()[0] == down.get_xdata()[0] == maps.tokens.index("[SEP]") + 0.5
     with pytest.raises(ValueError, match=r"layer 6 does not exist: the model has layers 0..5"):
         viz.render_png(maps, layer=6)
     with pytest.raises(ValueError, match=r"head 12 does not exist: the model has heads 0..11"):

@@ -254,12 +254,13 @@ def _figure(maps: AttentionMaps, layer: int | None, head: int | None, dpi: int =
         cell = min(max(0.12 * n, 2.2), 10.0)
     else:
         cell = min(max(0.09 * n, 1.6), 6.0)
-    font = max(3.0, min(10.0, 0.8 * cell * 72 / max(n, 1)))  # points
+    font = max(6.0, min(10.0, 0.8 * cell * 72 / max(n, 1)))  # points; below 6 nobody reads it
     step = max(1, int(np.ceil(n * font * 1.1 / (cell * 72) - 1e-9)))  # show every step-th label when they cannot fit
     margin = 0.6 * font / 72 * max(len(t) for t in maps.tokens) + 0.6  # a character is about 0.6 em wide
     figure = Figure(figsize=(columns * cell + margin + 1.0, rows * cell + margin + 0.6), dpi=dpi, layout="constrained")
     FigureCanvasAgg(figure)
     grid = figure.subplots(rows, columns, squeeze=False)
+    pair_start = maps.segments.index(1) if 1 in maps.segments else None
     ticks = list(range(0, n, step))
     labels = [maps.tokens[i] for i in ticks]
     image = None
@@ -268,6 +269,9 @@ def _figure(maps: AttentionMaps, layer: int | None, head: int | None, dpi: int =
             axes = grid[r][c]
             image = axes.imshow(maps.weights[layer_index, head_index], cmap="Blues", vmin=0.0, vmax=1.0,
                                 interpolation="nearest", aspect="equal")
+            if pair_start is not None:  # where the pair's tokens begin, on both axes
+                axes.axhline(pair_start - 0.5, color="#d9480f", linewidth=0.8)
+                axes.axvline(pair_start - 0.5, color="#d9480f", linewidth=0.8)
             axes.set_xticks(ticks if r == rows - 1 else [])
             axes.set_yticks(ticks if c == 0 else [])
             if r == rows - 1:
