@@ -128,6 +128,9 @@ def test_viewer_draws_the_model_probabilities_offline(page_and_reference, browse
     assert len(lines) == maps.num_heads * n
     for head in (0, 11):
         _check([line for line in lines if line["head"] == str(head)], expected, maps, 0, head, checked)
+    page.click("#legend button[data-head='0']")  # the legend hides one head of the overlay
+    page.focus("#queries .token[data-index='1']")  # keyboard focus works as hover does
+    assert {line["head"] for line in _drawn(page)} == {str(head) for head in range(1, maps.num_heads)}
 
     # Sentence-pair filter: text -> pair keeps the text's tokens on the left and the pair's on the right.
     page.mouse.move(0, 0)
