@@ -6,6 +6,8 @@ and the weights it draws must be the model's probabilities (checked against `tra
 from __future__ import annotations
 
 import dataclasses
+import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -20,7 +22,8 @@ from berta.viz import attention_html, attention_maps, render_html
 
 TEXT = "The bank of the river flooded after the storm."
 PAIR = "Was the riverbank closed?"
-CHROMIUM = "/usr/bin/chromium"  # the system browser (apt-get install chromium); Playwright downloads nothing
+# The system browser (Debian's `chromium`, which `make test` installs); Playwright downloads nothing.
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 FLOAT16_EPSILON = 2.0**-11  # float16 keeps 11 significant bits: relative rounding error at most 2^-11
 
 
@@ -40,6 +43,7 @@ def page_and_reference(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def browser():
+    assert Path(CHROMIUM).exists(), f"{CHROMIUM} is missing: apt-get install chromium (make test's set-up does)"
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(
             executable_path=CHROMIUM, headless=True,
