@@ -6,6 +6,12 @@ engine, so ids and character offsets are exactly those of `transformers`' tokeni
 
     tok = Tokenizer.from_pretrained("roberta")            # GPT-2 merges, RoBERTa special tokens
     batch = tok(["Hello world!"], return_tensors="pt")     # input_ids, attention_mask, offset_mapping, ...
+
+The `roberta` preset numbers GPT-2's ids + 4 behind fairseq's special tokens (`<s>`=0, `<pad>`=1, `</s>`=2,
+`<unk>`=3, `<mask>` last): fairseq's *layout*, not released roberta.base's `dict.txt`, which renumbers GPT-2 ids
+by frequency (real roberta.base: `Hello world!` -> 0, 31414, 232, 328, 2). A model pretrained on the preset is
+therefore not vocabulary-compatible with released RoBERTa checkpoints; those bring their own vocabulary
+(`vocab.json` + `merges.txt`, or `dict.txt`), which `from_pretrained(directory)` reads.
 """
 
 from __future__ import annotations
@@ -157,9 +163,9 @@ class Tokenizer:
     `tok(texts)`; decode with `tok.decode(ids)`; write a directory `transformers` loads with `tok.save(path)`.
 
     Example:
-        >>> tok = Tokenizer.from_pretrained("roberta")
-        >>> tok.encode("Hello world!").ids
-        [50257, 15496, 995, 0, 50258]
+        >>> tok = Tokenizer.from_pretrained("roberta")  # GPT-2 BPE ids + 4, fairseq's special-token layout
+        >>> tok.encode("Hello world!").ids  # (released roberta.base's dict.txt numbers it 0, 31414, 232, 328, 2)
+        [0, 15500, 999, 4, 2]
     """
 
     def __init__(
@@ -337,7 +343,7 @@ class Tokenizer:
         The result has `.ids`, `.tokens`, `.offsets` (character spans into `text` / `pair`), `.word_ids`,
         `.attention_mask`, `.type_ids`, `.special_tokens_mask` and `.sequence_ids`.
 
-        Example: `Tokenizer.from_pretrained("roberta").encode("Hello world!").ids == [50257, 15496, 995, 0, 50258]`.
+        Example: `Tokenizer.from_pretrained("roberta").encode("Hello world!").ids == [0, 15500, 999, 4, 2]`.
         """
         _check_text(text, "text")
         if pair is not None:

@@ -207,8 +207,11 @@ def load(
     `id2label` sets the labels of a new classification or token-classification head.
 
     Example:
-        >>> model = load("runs/sst2/model")  # doctest: +SKIP
-        >>> model(**batch).logits
+        >>> import tempfile
+        >>> directory = tempfile.mkdtemp()
+        >>> tasks.create(EncoderConfig.preset("tiny"), "masked-lm").save(directory)
+        >>> type(load(directory)).__name__, type(load(directory, task="encoder")).__name__
+        ('MaskedLM', 'Encoder')
     """
     directory = _resolve_directory(path)
     config = EncoderConfig.from_file(directory / CONFIG_NAME)

@@ -131,8 +131,11 @@ class MaskingCollator:
       BERT's static masking (the data duplicated N times, each copy masked once); 0 is RoBERTa's dynamic masking.
 
     Example:
-        >>> collator = MaskingCollator(MaskingVocabulary.from_tokenizer(tok), mask_prob=0.15)
+        >>> from berta.tokenizer import Tokenizer
+        >>> collator = MaskingCollator(MaskingVocabulary.from_tokenizer(Tokenizer.from_pretrained("roberta")))
         >>> batch = collator([np.array([0, 31414, 232, 2])], indices=[7], epoch=0)
+        >>> sorted(batch), tuple(batch["labels"].shape)
+        (['attention_mask', 'input_ids', 'labels', 'masked_positions'], (1, 4))
     """
 
     def __init__(
@@ -313,8 +316,9 @@ class LanguageSampler:
     before any repeats). Indices depend on (seed, epoch) only.
 
     Example:
-        >>> sampler = LanguageSampler(dataset.sample_languages, alpha=0.3, seed=0)
-        >>> sampler.indices(epoch=0)[:8]
+        >>> sampler = LanguageSampler(["en"] * 9 + ["sw"], alpha=0.3, seed=0)  # 10% Swahili samples...
+        >>> {language: round(p, 3) for language, p in sampler.probabilities.items()}  # ...drawn 34% of the time
+        {'en': 0.659, 'sw': 0.341}
     """
 
     def __init__(self, sample_languages: Sequence[Any] | np.ndarray, alpha: float = 0.3, seed: int = 0,

@@ -298,9 +298,12 @@ def run_model(
     model is put in eval mode; results come back in the order of `features`.
 
     Example:
-        >>> rows, loss = run_model(model, features, task.collate, ["logits"])  # doctest: +SKIP
-        >>> rows[0]["logits"].shape
-        (2,)
+        >>> config = EncoderConfig.preset("tiny").replace(id2label={0: "no", 1: "yes"})
+        >>> features = [{"input_ids": [0, 9, 8, 2]}, {"input_ids": [0, 7, 2]}]
+        >>> rows, loss = run_model(create(config, "classification"), features,
+        ...                        lambda batch: collate_inputs(batch, pad_id=1), ["logits"])
+        >>> rows[0]["logits"].shape, loss
+        ((2,), None)
     """
     model.eval()
     device = next(model.parameters()).device

@@ -47,8 +47,8 @@ class LabelVocabulary:
         An unknown label raises an error naming the file, line and label.
 
         Example:
-            >>> vocabulary = label_vocabulary(train_examples)  # labels 'fresh', 'rotten'
-            >>> vocabulary.encode(validation_examples[0])
+            >>> vocabulary = LabelVocabulary(("fresh", "rotten"))
+            >>> vocabulary.encode(TextExample("Two hours I will never get back.", None, "rotten", "dev.csv", 2))
             1
         """
         if isinstance(example, Sentence):
@@ -81,7 +81,9 @@ def label_vocabulary(examples: Sequence[TextExample] | Sequence[Sentence]) -> La
     """The sorted label set of training examples (tags for sentences); integer labels sort by value.
 
     Example:
-        >>> label_vocabulary(read_table("train.csv", "review", label_column="sentiment")).id2label
+        >>> examples = [TextExample("great", None, "fresh", "train.csv", 2), TextExample("dull", None, "rotten",
+        ...             "train.csv", 3), TextExample("fine", None, "fresh", "train.csv", 4)]
+        >>> label_vocabulary(examples).id2label
         {0: 'fresh', 1: 'rotten'}
     """
     labels: set[str] = set()

@@ -111,7 +111,7 @@ def train(
 
     Example:
         >>> result = train(model, TrainSettings(max_steps=100, lr=1e-4), dataset, collate, "runs/x")  # doctest: +SKIP
-        >>> result.model_dir
+        >>> result.model_dir  # doctest: +SKIP
         PosixPath('runs/x/model')
     """
     settings.validate()

@@ -24,7 +24,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from berta.checkpoints.hf import load
 from berta.config import PRESETS, EncoderConfig
+from berta.tasks import create
 from berta.train.logs import configure_logging
 from berta.train.loop import TrainResult, train
 from berta.train.resume import RunRecord, file_fingerprint
@@ -95,7 +97,8 @@ def pretrain(settings: PretrainSettings) -> TrainResult:
     validating), `output/checkpoints/`, and `output/model` with the tokenizer saved in it.
 
     Example:
-        >>> pretrain(PretrainSettings(data=Path("data"), model="tiny", output=Path("runs/t"), max_steps=50))
+        >>> pretrain(PretrainSettings(data=Path("data"), model="tiny", output=Path("runs/t"),
+        ...                           max_steps=50))  # doctest: +SKIP
     """
     from berta.data.corpus import BlockDataset
     from berta.data.masking import LanguageSampler, MaskingCollator, MaskingVocabulary
@@ -160,16 +163,20 @@ def build_model(name_or_path: str, tokenizer: Any, block_size: int, seed: int = 
     Example:
         >>> model = build_model("tiny", Tokenizer.from_pretrained("roberta"), block_size=128)  # doctest: +SKIP
     """
-    import berta
-
     if Path(name_or_path).is_dir():
-        model = berta.load(name_or_path, task="masked-lm")
+        model = load(name_or_path, task="masked-lm")
         config = model.config
-        if config.vocab_size != len(tokenizer):
+        # A vocabulary padded past the tokenizer (resize_token_embeddings(pad_to_multiple_of=...), nanoGPT's 50,304)
+        # is common and harmless: its extra rows are never an input. Only ids the model has no row for are wrong.
+        if config.vocab_size < len(tokenizer):
             raise ValueError(
                 f"{name_or_path}: the model's vocab_size is {config.vocab_size} but the data's tokenizer has "
-                f"{len(tokenizer)} tokens; prepare the data with this model's tokenizer"
+                f"{len(tokenizer)} tokens, so ids {config.vocab_size}..{len(tokenizer) - 1} have no embedding; "
+                "prepare the data with this model's tokenizer"
             )
+        if config.vocab_size > len(tokenizer):
+            log.info("%s: %d embedding rows for a %d-token tokenizer (a padded vocabulary); the extra rows are "
+                     "never an input or a random replacement", name_or_path, config.vocab_size, len(tokenizer))
         _check_positions(config, block_size, name_or_path)
         return model
     if name_or_path not in PRESETS:
@@ -196,7 +203,7 @@ def build_model(name_or_path: str, tokenizer: Any, block_size: int, seed: int = 
     )
     _check_positions(config, block_size, f"preset {name_or_path}")
     torch.manual_seed(seed)  # the same initial weights on every rank and on every resume
-    return berta.create(config, "masked-lm")
+    return create(config, "masked-lm")
 
 
 def _check_positions(config: EncoderConfig, block_size: int, source: str) -> None:
@@ -257,7 +264,8 @@ def masked_lm_evaluator(
     is the mean over all masked tokens of the set (not a mean of batch means).
 
     Example:
-        >>> evaluate = masked_lm_evaluator(validation, MaskingCollator(vocabulary, seed=2), batch_size=32)
+        >>> evaluate = masked_lm_evaluator(validation, MaskingCollator(vocabulary, seed=2),
+        ...                                batch_size=32)  # doctest: +SKIP
         >>> evaluate(model)  # doctest: +SKIP
         {'val_loss': 2.31, 'val_ppl': 10.07, 'val_accuracy': 0.54, 'val_tokens': 30712.0}
     """

@@ -366,7 +366,7 @@ def attention(settings: AttentionSettings) -> Path:
         >>> attention(AttentionSettings(text="The bank is closed.", model="runs/sst/model", out=Path("a.html")))
         ... # doctest: +SKIP
     """
-    import berta
+    from berta.checkpoints.hf import load
     from berta.io import atomic_write_bytes, atomic_write_text
     from berta.tokenizer import Tokenizer
 
@@ -374,7 +374,7 @@ def attention(settings: AttentionSettings) -> Path:
     kind = out.suffix.lower()
     if kind not in (".png", ".html", ".htm"):
         raise ValueError(f"--out {out}: the suffix must be .png or .html, got {out.suffix!r}")
-    model = berta.load(settings.model, device=settings.device)
+    model = load(settings.model, device=settings.device)
     tokenizer = Tokenizer.from_pretrained(settings.model)
     maps = attention_maps(model, tokenizer, settings.text, settings.pair, settings.merge_subwords)
     _check_selection(maps, settings.layer, settings.head)
