@@ -31,6 +31,7 @@ JOBS: dict[tuple[str, ...], str] = {
     ("finetune",): "berta.train.finetune:finetune",
     ("evaluate",): "berta.train.finetune:evaluate",
     ("export", "onnx"): "berta.inference.export:export",
+    ("convert",): "berta.checkpoints.convert:convert",
 }
 
 
@@ -80,7 +81,8 @@ def _add_field(parser: argparse.ArgumentParser, field: dataclasses.Field, hint: 
         if field.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
             default = field.default_factory()  # type: ignore[misc]
         kwargs["help"] = f"{help_text} (default: {default})" if default is not None else help_text
-    flag = "--" + field.name.replace("_", "-")
+    flag = field.metadata.get("flag") or "--" + field.name.replace("_", "-")  # "flag": a name that is a keyword
+    kwargs["dest"] = field.name
     if field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING:  # type: ignore[misc]
         kwargs["required"] = True
     parser.add_argument(flag, **kwargs)
