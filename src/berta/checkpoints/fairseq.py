@@ -699,7 +699,7 @@ def write_berta(checkpoint: FairseqCheckpoint, output: Path, head: str | None, l
     tokenizer = tokenizer_of(checkpoint)
     if len(tokenizer) != config.vocab_size:
         raise ValueError(f"{checkpoint.directory}: the tokenizer has {len(tokenizer)} ids but the embeddings "
-                         f"{config.vocab_size} rows")
+                         f"{config.vocab_size} rows")  # dict.txt was checked against the rows in `read`
     output.mkdir(parents=True, exist_ok=True)
     save_file({name: t.contiguous() for name, t in tensors.items()}, str(output / "model.safetensors"),
               metadata={"format": "pt"})
@@ -785,6 +785,10 @@ def _tokenizer_vocab(tokenizer) -> tuple[dict[str, int], list]:
 
 def write_release_files(tokenizer, config: EncoderConfig, model_dir: Path, output: Path) -> str:
     """dict.txt and the BPE files of the release; returns fairseq's `bpe` name."""
+    if len(tokenizer) != config.vocab_size or tokenizer.mask_id != config.vocab_size - 1:
+        raise ValueError(f"{model_dir}: the tokenizer has {len(tokenizer)} ids with <mask> at {tokenizer.mask_id}, "
+                         f"but a fairseq dictionary numbers the model's {config.vocab_size} rows with <mask> last "
+                         f"(id {config.vocab_size - 1})")
     ids = range(len(SPECIALS), config.vocab_size - 1)  # after the specials, before <mask>
     if config.family == "roberta":
         vocab, merges = _tokenizer_vocab(tokenizer)
