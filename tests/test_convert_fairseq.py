@@ -310,3 +310,18 @@ def test_failed_parity_check_writes_nothing(roberta_release, tmp_path):
         convert(ConvertSettings(from_format="fairseq", source=roberta_release[2]["current"], to_format="hf",
                                 output=out, tolerance=1e-12))
     assert not out.exists() and list(tmp_path.iterdir()) == []
+
+
+def test_fp16_release_reads_its_half_precision_values(roberta_release, tmp_path):
+    mlm, _, releases, _ = roberta_release
+    directory, out = tmp_path / "fp16", tmp_path / "out"
+    state = fairseq_state(mlm.state_dict(), 2, "2019", {})
+    save_release(directory, OrderedDict((k, v.half()) for k, v in state.items()), "2019", "gpt2")
+    shutil.copy(releases["2019"] / "dict.txt", directory / "dict.txt")
+    checkpoint = fairseq.load_model_pt(directory / "model.pt")
+    assert checkpoint["model"]["decoder.sentence_encoder.embed_tokens.weight"].dtype == torch.float16
+    convert(ConvertSettings(from_format="fairseq", source=directory, to_format="hf", output=out, head="lm"))
+    tensors = load_file(out / "model.safetensors")
+    fused = state["decoder.sentence_encoder.layers.1.self_attn.in_proj_weight"].half().float()
+    assert torch.equal(tensors["roberta.encoder.layer.1.attention.self.value.weight"], fused[64:])
+    assert torch.equal(tensors["lm_head.bias"], state["decoder.lm_head.bias"].half().float())
