@@ -126,9 +126,20 @@ def test_export_runs_in_tensorflow_and_round_trips(tf, family, bert_directory, r
         assert config["layer_norm_eps"] == 1e-5 and config["model_type"] == "roberta"
         ids, mask = features(tokenizer, ["Hello world!", "The quick brown fox jumps over the lazy dog."])
         types = torch.zeros_like(ids)
+    # the tokenizer written beside the checkpoint speaks its ids: for RoBERTa <pad> = 0 and <s> = 1 (bert4keras
+    # takes id 0 for padding), exchanged back by berta on import
+    tf_ids, tf_mask = ids, mask
+    if family == "roberta":
+        texts = ["Hello world!", "The quick brown fox jumps over the lazy dog."]
+        tf_ids, tf_mask = features(berta.Tokenizer.from_pretrained(exported), texts)
+    exchanged = ids.clone()
+    if family == "roberta":
+        exchanged[ids == 0], exchanged[ids == 1] = 1, 0
+        assert config["pad_token_id"] == 0 and config["berta_exchanged_ids"] == [0, 1]
+    assert torch.equal(tf_ids, exchanged) and torch.equal(tf_mask, mask)
     with torch.no_grad():
         expected = model.encoder(ids, mask, types if family == "bert" else None).last_hidden_state.numpy()
-    got = tf_forward(tf, str(exported / "bert_model.ckpt"), config, ids.numpy(), mask.numpy(), types.numpy())
+    got = tf_forward(tf, str(exported / "bert_model.ckpt"), config, tf_ids.numpy(), mask.numpy(), types.numpy())
     real = mask.bool().numpy()
     assert np.abs(got - expected)[real].max() < 1e-5
     convert(ConvertSettings(from_format="tf", source=exported, to_format="hf", output=back))

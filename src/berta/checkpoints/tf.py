@@ -17,10 +17,14 @@ RoBERTa / XLM-R are written the RoBERTa4Keras way, so that a plain BERT loader c
   BERT code creates and loads the table; bert4keras loads it, or skips it with `segment_vocab_size=0`
   (exact only while the row is zero).
 - LayerNorm: RoBERTa's eps is 1e-5 (`layer_norm_eps` in bert_config.json); the original BERT code and
-  bert4keras use a fixed 1e-12, a difference of ~1e-6 relative in the normalised values.
+  bert4keras use a fixed 1e-12 (README: what that changes, measured).
+- ids: `<s>` and `<pad>` trade places (`<pad>` = 0, `<s>` = 1: rows 0 and 1 of the word embeddings and
+  of the MLM bias, and the written tokenizer), because loaders take id 0 for padding — bert4keras's token
+  embedding has `mask_zero=True`, and with RoBERTa's `<s>` = 0 every token would stop attending to `<s>`.
+  `bert_config.json` records it as `"berta_exchanged_ids": [0, 1]`; berta exchanges them back on import.
 - `bert_config.json` also carries `model_type`, `pad_token_id` and `layer_norm_eps`, which BERT loaders
-  ignore and berta reads back; the tokenizer is written as `tokenizer.json` beside a `vocab.txt` listing
-  every token by id.
+  ignore and berta reads back; the tokenizer is written as `tokenizer.json` (in the checkpoint's ids) beside a
+  `vocab.txt` listing every token by id.
 """
 
 from __future__ import annotations
@@ -49,6 +53,8 @@ CONFIG_NAME = "bert_config.json"
 CHECKPOINT_NAME = "bert_model.ckpt"
 VOCAB_NAME = "vocab.txt"
 OFFSET_ROWS = "berta/embeddings/position_offset_rows"
+EXCHANGED = "berta_exchanged_ids"  # bert_config.json: the two ids whose rows trade places (RoBERTa's <s>, <pad>)
+_VOCAB_ROWS = ("bert/embeddings/word_embeddings", "cls/predictions/output_bias")
 
 # TF variable -> HF name under the encoder prefix (bert. / roberta.). "{i}" is the layer. Kernels are transposed.
 _ENCODER_TABLE = {
@@ -105,6 +111,51 @@ def _transposed(name: str) -> bool:
     return name.endswith("/kernel")
 
 
+def _exchange_rows(array: np.ndarray, ids: tuple[int, int]) -> np.ndarray:
+    array = np.array(array, copy=True)
+    array[[ids[0], ids[1]]] = array[[ids[1], ids[0]]]
+    return array
+
+
+def _exchange_tokenizer_ids(directory: Path, ids: tuple[int, int]) -> None:
+    """Exchange two ids in tokenizer.json and tokenizer_config.json, in place (doing it twice undoes it)."""
+    a, b = ids
+
+    def other(value: int) -> int:
+        return b if value == a else a if value == b else value
+
+    def processor(node: Any) -> None:  # RobertaProcessing's [token, id] pairs, TemplateProcessing's "ids"
+        if isinstance(node, dict):
+            for key, value in node.items():
+                if key in ("cls", "sep") and isinstance(value, list) and len(value) == 2:
+                    value[1] = other(value[1])
+                elif key == "ids" and isinstance(value, list):
+                    node[key] = [other(i) for i in value]
+                else:
+                    processor(value)
+        elif isinstance(node, list):
+            for item in node:
+                processor(item)
+
+    path = directory / "tokenizer.json"
+    pipeline = json.loads(path.read_text(encoding="utf-8"))
+    for token in pipeline.get("added_tokens", []):
+        token["id"] = other(token["id"])
+    vocab = pipeline["model"]["vocab"]
+    if isinstance(vocab, dict):  # BPE / WordPiece: token -> id
+        pipeline["model"]["vocab"] = {token: other(i) for token, i in vocab.items()}
+    else:  # Unigram: [piece, score] by id
+        vocab[a], vocab[b] = vocab[b], vocab[a]
+    processor(pipeline.get("post_processor"))
+    path.write_text(json.dumps(pipeline, ensure_ascii=False), encoding="utf-8")
+    config_path = directory / "tokenizer_config.json"
+    if config_path.is_file():
+        config = json.loads(config_path.read_text(encoding="utf-8"))
+        decoder = config.get("added_tokens_decoder", {})
+        config["added_tokens_decoder"] = {str(other(int(i))): token for i, token in decoder.items()}
+        config_path.write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
 @dataclass
 class TFCheckpoint:
     """A Google-BERT-format checkpoint, read: variables by name (numpy), bert_config.json, the prefix read."""
@@ -126,6 +177,11 @@ class TFCheckpoint:
         if "output_weights" in self.variables:
             return "classification"
         return "encoder"
+
+    @property
+    def exchanged(self) -> tuple[int, int] | None:
+        ids = self.bert_config.get(EXCHANGED)
+        return (int(ids[0]), int(ids[1])) if ids else None
 
     def get(self, name: str) -> np.ndarray:
         if name not in self.variables:
@@ -193,6 +249,8 @@ def config_of(checkpoint: TFCheckpoint) -> EncoderConfig:
         raise ValueError(f"{source}: fields {missing} are missing")
     positions = checkpoint.get("bert/embeddings/position_embeddings").shape[0]
     pad = int(data.get("pad_token_id", 0 if family == "bert" else 1))
+    if checkpoint.exchanged and pad in checkpoint.exchanged:  # the checkpoint's pad id -> berta's
+        pad = checkpoint.exchanged[1] if pad == checkpoint.exchanged[0] else checkpoint.exchanged[0]
     offset = 0 if family == "bert" else pad + 1
     num_labels = checkpoint.variables["output_weights"].shape[0] if "output_weights" in checkpoint.variables else 0
     type_rows = checkpoint.get("bert/embeddings/token_type_embeddings").shape[0]
@@ -213,6 +271,12 @@ def config_of(checkpoint: TFCheckpoint) -> EncoderConfig:
         raise ValueError(f"{source}: {error}") from None
 
 
+def _rows(checkpoint: TFCheckpoint, name: str) -> np.ndarray:
+    """A variable in berta's ids: vocabulary rows exchanged back when the checkpoint says so."""
+    value = np.asarray(checkpoint.get(name))
+    return _exchange_rows(value, checkpoint.exchanged) if checkpoint.exchanged and name in _VOCAB_ROWS else value
+
+
 def hf_tensors(checkpoint: TFCheckpoint, config: EncoderConfig) -> dict[str, Tensor]:
     """The checkpoint's variables under Hugging Face names (kernels transposed, RoBERTa's offset rows restored)."""
     task = checkpoint.task
@@ -221,7 +285,7 @@ def hf_tensors(checkpoint: TFCheckpoint, config: EncoderConfig) -> dict[str, Ten
     for theirs, ours in _ENCODER_TABLE.items():
         for i in range(config.num_layers) if "{i}" in theirs else [None]:
             name = theirs.format(i=i)
-            value = torch.from_numpy(np.array(checkpoint.get(name), dtype=np.float32))
+            value = torch.from_numpy(_rows(checkpoint, name).astype(np.float32))
             tensors[prefix + ours.format(i=i)] = value.T.contiguous() if _transposed(name) else value
     if config.position_offset:
         rows = checkpoint.variables.get(OFFSET_ROWS)
@@ -239,7 +303,7 @@ def hf_tensors(checkpoint: TFCheckpoint, config: EncoderConfig) -> dict[str, Ten
     if task == "classification":
         head_names.update(_CLASSIFIER_TABLE)
     for theirs, ours in head_names.items():
-        value = torch.from_numpy(np.array(checkpoint.get(theirs), dtype=np.float32))
+        value = torch.from_numpy(_rows(checkpoint, theirs).astype(np.float32))
         tensors[ours] = value.T.contiguous() if _transposed(theirs) else value
     return tensors
 
@@ -248,8 +312,8 @@ def reference_weights(checkpoint: TFCheckpoint) -> ReferenceWeights:
     """The encoder read straight from the TF variables (BERT's positions 0, 1, ...), for the parity check."""
     config = config_of(checkpoint)
 
-    def get(name: str) -> Tensor:
-        value = torch.from_numpy(np.array(checkpoint.get(name), dtype=np.float64))
+    def get(name: str) -> Tensor:  # berta's ids, so that both sides read the same tokenization
+        value = torch.from_numpy(_rows(checkpoint, name).astype(np.float64))
         return value.T if _transposed(name) else value
 
     def dense(name: str) -> tuple[Tensor, Tensor]:
@@ -289,7 +353,14 @@ def _tokenizer(checkpoint: TFCheckpoint):
 
     directory = checkpoint.directory
     if (directory / "tokenizer.json").is_file():
-        return Tokenizer.from_pretrained(directory)
+        if not checkpoint.exchanged:
+            return Tokenizer.from_pretrained(directory)
+        with tempfile.TemporaryDirectory() as staging:
+            for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+                if (directory / name).is_file():
+                    shutil.copy(directory / name, Path(staging) / name)
+            _exchange_tokenizer_ids(Path(staging), checkpoint.exchanged)
+            return Tokenizer.from_pretrained(staging)
     vocab = directory / VOCAB_NAME
     if not vocab.is_file():
         raise FileNotFoundError(f"{vocab}: no such file (a TF BERT checkpoint directory needs its vocabulary)")
@@ -321,6 +392,13 @@ def write_berta(checkpoint: TFCheckpoint, output: Path) -> EncoderConfig:
 
 
 # ----------------------------------------------------------------------------------------- writing
+
+
+def _exchange_of(config: EncoderConfig) -> tuple[int, int] | None:
+    """RoBERTa-family models with <pad> != 0: (0, pad) trade places, so id 0 is padding (see the docstring)."""
+    if config.family == "bert" or config.pad_token_id == 0:
+        return None
+    return (0, config.pad_token_id)
 
 
 def tf_variables(model: torch.nn.Module) -> dict[str, np.ndarray]:
@@ -361,6 +439,11 @@ def tf_variables(model: torch.nn.Module) -> dict[str, np.ndarray]:
     if task == "classification":
         for theirs, ours in _CLASSIFIER_TABLE.items():
             put(theirs, ours)
+    exchange = _exchange_of(config)
+    if exchange:
+        for name in _VOCAB_ROWS:
+            if name in variables:
+                variables[name] = _exchange_rows(variables[name], exchange)
     return variables
 
 
@@ -376,6 +459,9 @@ def bert_config(config: EncoderConfig) -> dict[str, Any]:
     }
     if config.family != "bert" or config.layer_norm_eps != 1e-12:
         data.update(model_type=config.family, pad_token_id=config.pad_token_id, layer_norm_eps=config.layer_norm_eps)
+    exchange = _exchange_of(config)
+    if exchange:
+        data.update(pad_token_id=exchange[0], bos_token_id=exchange[1], **{EXCHANGED: list(exchange)})
     return data
 
 
@@ -401,5 +487,9 @@ def write_checkpoint(model: torch.nn.Module, tokenizer, output: str | Path) -> P
     (output / CONFIG_NAME).write_text(json.dumps(bert_config(model.config), indent=2) + "\n", encoding="utf-8")
     tokenizer.save(output)
     tokens = [tokenizer.id_to_token(i) for i in range(len(tokenizer))]
+    exchange = _exchange_of(model.config)
+    if exchange:  # the written tokenizer speaks the checkpoint's ids
+        _exchange_tokenizer_ids(output, exchange)
+        tokens[exchange[0]], tokens[exchange[1]] = tokens[exchange[1]], tokens[exchange[0]]
     (output / VOCAB_NAME).write_text("\n".join(tokens) + "\n", encoding="utf-8")
     return output
