@@ -56,6 +56,28 @@ def roberta_directory(roberta, tmp_path_factory) -> Path:
     return directory
 
 
+@pytest.fixture(scope="module")
+def xlmr_directory(tmp_path_factory) -> Path:
+    """A random tiny XLM-R masked LM over a SentencePiece model trained here (fairseq's ids: pieces + 1)."""
+    import io
+
+    import sentencepiece
+
+    text = ["the quick brown fox jumps over the lazy dog", "le renard brun saute par-dessus le chien paresseux",
+            "der schnelle braune Fuchs springt über den faulen Hund", "быстрая бурая лиса прыгает"] * 50
+    model = io.BytesIO()
+    sentencepiece.SentencePieceTrainer.train(sentence_iterator=iter(text), model_writer=model, vocab_size=60,
+                                             model_type="unigram", minloglevel=2, num_threads=1)
+    directory = tmp_path_factory.mktemp("xlmr")
+    (directory / "sentencepiece.bpe.model").write_bytes(model.getvalue())
+    tokenizer = berta.Tokenizer.from_pretrained(directory)
+    config = berta.EncoderConfig.preset("tiny").replace(family="xlm-roberta", vocab_size=len(tokenizer),
+                                                        hidden_size=32, intermediate_size=64, max_positions=34)
+    random_berta(config, "masked-lm", seed=2).save(directory)
+    tokenizer.save(directory)
+    return directory
+
+
 def tf_forward(tf, prefix: str, config: dict, input_ids: np.ndarray, attention_mask: np.ndarray,
                token_type_ids: np.ndarray) -> np.ndarray:
     """BERT's encoder in TensorFlow ops over the checkpoint's variables, as Google's modeling.py computes it."""
@@ -101,9 +123,10 @@ def features(tokenizer, texts, pairs=None):
     return batch["input_ids"], batch["attention_mask"]
 
 
-@pytest.mark.parametrize("family", ["bert", "roberta"])
-def test_export_runs_in_tensorflow_and_round_trips(tf, family, bert_directory, roberta_directory, tmp_path):
-    source = bert_directory if family == "bert" else roberta_directory
+@pytest.mark.parametrize("family", ["bert", "roberta", "xlm-roberta"])
+def test_export_runs_in_tensorflow_and_round_trips(tf, family, bert_directory, roberta_directory, xlmr_directory,
+                                                   tmp_path):
+    source = {"bert": bert_directory, "roberta": roberta_directory, "xlm-roberta": xlmr_directory}[family]
     exported, back = tmp_path / "tf", tmp_path / "back"
     convert(ConvertSettings(from_format="hf", source=source, to_format="tf", output=exported))
     config = json.loads((exported / "bert_config.json").read_text())
@@ -123,17 +146,19 @@ def test_export_runs_in_tensorflow_and_round_trips(tf, family, bert_directory, r
         # RoBERTa4Keras layout: BERT positions 0.. read RoBERTa's rows 2..; one segment row
         assert config["max_position_embeddings"] == 32 and config["type_vocab_size"] == 1
         assert shapes["bert/embeddings/position_embeddings"] == [32, 32]
-        assert config["layer_norm_eps"] == 1e-5 and config["model_type"] == "roberta"
-        ids, mask = features(tokenizer, ["Hello world!", "The quick brown fox jumps over the lazy dog."])
+        assert config["layer_norm_eps"] == 1e-5 and config["model_type"] == family
+        texts = ["Hello world!", "The quick brown fox jumps over the lazy dog."]
+        if family == "xlm-roberta":
+            texts = ["the lazy dog", "le chien saute par-dessus le renard"]
+        ids, mask = features(tokenizer, texts)
         types = torch.zeros_like(ids)
     # the tokenizer written beside the checkpoint speaks its ids: for RoBERTa <pad> = 0 and <s> = 1 (bert4keras
     # takes id 0 for padding), exchanged back by berta on import
     tf_ids, tf_mask = ids, mask
-    if family == "roberta":
-        texts = ["Hello world!", "The quick brown fox jumps over the lazy dog."]
+    if family != "bert":
         tf_ids, tf_mask = features(berta.Tokenizer.from_pretrained(exported), texts)
     exchanged = ids.clone()
-    if family == "roberta":
+    if family != "bert":
         exchanged[ids == 0], exchanged[ids == 1] = 1, 0
         assert config["pad_token_id"] == 0 and config["berta_exchanged_ids"] == [0, 1]
     assert torch.equal(tf_ids, exchanged) and torch.equal(tf_mask, mask)
@@ -146,7 +171,8 @@ def test_export_runs_in_tensorflow_and_round_trips(tf, family, bert_directory, r
     a, b = load_file(source / "model.safetensors"), load_file(back / "model.safetensors")
     assert a.keys() == b.keys()
     assert all(torch.equal(a[name], b[name]) for name in a)
-    assert berta.Tokenizer.from_pretrained(back).encode("Hello world!").ids == tokenizer.encode("Hello world!").ids
+    text = "the lazy dog says Hello"
+    assert berta.Tokenizer.from_pretrained(back).encode(text).ids == tokenizer.encode(text).ids
 
 
 def save_with_tf1_saver(tf, directory: Path, variables: dict[str, np.ndarray]) -> None:
