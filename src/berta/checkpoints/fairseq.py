@@ -341,7 +341,10 @@ def load_model_pt(path: str | Path) -> dict[str, Any]:
                 storage.data = handle.read(nbytes)
                 if len(storage.data) != nbytes:
                     raise ValueError(f"{path}: storage {key} is cut short ({len(storage.data)} of {nbytes} bytes)")
-    checkpoint = _plain(result, {})
+    try:
+        checkpoint = _plain(result, {})
+    except RuntimeError as error:  # torch.as_strided: a size/stride that does not fit the storage
+        raise ValueError(f"{path}: a tensor does not fit its storage, the file is corrupt ({error})") from None
     if not isinstance(checkpoint, dict):
         raise ValueError(f"{path}: expected a dict checkpoint, got {type(checkpoint).__name__}")
     return checkpoint
