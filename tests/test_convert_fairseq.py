@@ -325,3 +325,13 @@ def test_fp16_release_reads_its_half_precision_values(roberta_release, tmp_path)
     fused = state["decoder.sentence_encoder.layers.1.self_attn.in_proj_weight"].half().float()
     assert torch.equal(tensors["roberta.encoder.layer.1.attention.self.value.weight"], fused[64:])
     assert torch.equal(tensors["lm_head.bias"], state["decoder.lm_head.bias"].half().float())
+
+
+def test_storages_saved_from_a_gpu_are_read(roberta_release, tmp_path):
+    original = roberta_release[2]["2019"] / "model.pt"
+    data = original.read_bytes()
+    assert b"ctorch\nFloatStorage\n" in data  # the legacy stream names the storage class with GLOBAL
+    (tmp_path / "model.pt").write_bytes(data.replace(b"ctorch\nFloatStorage\n", b"ctorch.cuda\nFloatStorage\n"))
+    gpu, cpu = fairseq.load_model_pt(tmp_path / "model.pt"), fairseq.load_model_pt(original)
+    assert gpu["model"].keys() == cpu["model"].keys()
+    assert all(torch.equal(gpu["model"][name], cpu["model"][name]) for name in cpu["model"])

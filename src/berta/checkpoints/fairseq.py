@@ -212,7 +212,9 @@ _ALLOWED: dict[tuple[str, str], Any] = {
     ("numpy._core.multiarray", "scalar"): _numpy_scalar,
     ("numpy", "dtype"): _numpy_dtype,
     **_OMEGACONF,
-    **{("torch", name): _StorageType(dtype) for name, dtype in _STORAGE_DTYPES.items()},
+    # torch.cuda.*Storage: tensors saved from a GPU; their bytes are the same and are read to the CPU
+    **{(module, name): _StorageType(dtype) for module in ("torch", "torch.cuda")
+       for name, dtype in _STORAGE_DTYPES.items()},
     **{(module, name): value for module in ("builtins", "__builtin__") for name, value in _BUILTINS.items()},
 }
 
