@@ -335,3 +335,27 @@ def test_storages_saved_from_a_gpu_are_read(roberta_release, tmp_path):
     gpu, cpu = fairseq.load_model_pt(tmp_path / "model.pt"), fairseq.load_model_pt(original)
     assert gpu["model"].keys() == cpu["model"].keys()
     assert all(torch.equal(gpu["model"][name], cpu["model"][name]) for name in cpu["model"])
+
+
+def test_fairseq_classes_in_cfg_become_values_without_being_imported(tmp_path, monkeypatch):
+    """Newer checkpoints' cfg holds fairseq enums (ddp_backend=...); they are recorded, not imported or called."""
+    import enum
+    import sys
+    import types
+
+    from omegaconf import OmegaConf
+
+    modules = {name: types.ModuleType(name) for name in ("fairseq", "fairseq.dataclass", "fairseq.dataclass.constants")}
+    backend = enum.Enum("DDP_BACKEND_CHOICES", {"c10d": "c10d", "no_c10d": "no_c10d"},
+                        module="fairseq.dataclass.constants")
+    modules["fairseq.dataclass.constants"].DDP_BACKEND_CHOICES = backend
+    for name, module in modules.items():
+        monkeypatch.setitem(sys.modules, name, module)
+    cfg = OmegaConf.create({"model": {"encoder_layers": 2, "ddp_backend": backend.c10d, "layers": [1, 2]}})
+    torch.save({"cfg": cfg, "model": {"w": torch.ones(2)}}, tmp_path / "model.pt")
+    assert b"fairseq.dataclass.constants" in zipfile.ZipFile(tmp_path / "model.pt").read("model/data.pkl")
+    for name in modules:
+        monkeypatch.delitem(sys.modules, name)  # fairseq is not there when the checkpoint is read
+    checkpoint = fairseq.load_model_pt(tmp_path / "model.pt")
+    assert checkpoint["cfg"] == {"model": {"encoder_layers": 2, "ddp_backend": "c10d", "layers": [1, 2]}}
+    assert "fairseq" not in sys.modules
