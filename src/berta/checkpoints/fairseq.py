@@ -764,7 +764,8 @@ def fairseq_tensors(hf: dict[str, Tensor], config: EncoderConfig, naming: Naming
 def release_args(config: EncoderConfig, bpe: str, head: str | None) -> argparse.Namespace:
     """The `args` Namespace of a fairseq masked-LM RoBERTa checkpoint (roberta.base's fields, berta's values)."""
     args = argparse.Namespace(
-        arch="roberta_base" if config.family == "roberta" else "xlmr_base", task="masked_lm", criterion="masked_lm",
+        # the arch only fills in fields not given here; every size is given
+        arch="roberta_large" if config.num_layers == 24 else "roberta_base", task="masked_lm", criterion="masked_lm",
         encoder_layers=config.num_layers, encoder_embed_dim=config.hidden_size,
         encoder_ffn_embed_dim=config.intermediate_size, encoder_attention_heads=config.num_heads,
         activation_fn={"gelu": "gelu", "gelu_new": "gelu_accurate", "gelu_pytorch_tanh": "gelu_accurate",
