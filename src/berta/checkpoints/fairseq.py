@@ -444,7 +444,10 @@ def _model_args(checkpoint: dict[str, Any], path: Path) -> dict[str, Any]:
 
 
 def read_dict(path: Path) -> list[str]:
-    """The symbols of a fairseq `dict.txt` ("<symbol> <count>" lines, optional "#fairseq:overwrite")."""
+    """The symbols of a fairseq `dict.txt` ("<symbol> <count>" lines, optional "#fairseq:overwrite").
+
+    Example: `read_dict(Path("roberta.base/dict.txt"))[:3]` (RoBERTa's: GPT-2 ids as text, most frequent first).
+    """
     symbols = []
     for number, line in enumerate(path.read_text(encoding="utf-8").split("\n"), start=1):
         if not line.strip():
@@ -512,7 +515,7 @@ def _tensor(checkpoint: FairseqCheckpoint, name: str) -> Tensor:
     return checkpoint.state[name].float()
 
 
-def hf_tensors(checkpoint: FairseqCheckpoint, head: str | None) -> dict[str, Tensor]:
+def _hf_tensors(checkpoint: FairseqCheckpoint, head: str | None) -> dict[str, Tensor]:
     """The checkpoint's tensors under Hugging Face names for a RoBERTa task model (`roberta.` prefix).
 
     `head` is None (LM head), or a classification head's name. Tensors berta has no place for are an error.
@@ -566,7 +569,7 @@ def hf_tensors(checkpoint: FairseqCheckpoint, head: str | None) -> dict[str, Ten
     return tensors
 
 
-def config_of(checkpoint: FairseqCheckpoint, head: str | None, labels: list[str]) -> EncoderConfig:
+def _config_of(checkpoint: FairseqCheckpoint, head: str | None, labels: list[str]) -> EncoderConfig:
     """The EncoderConfig: shapes from the tensors, heads/activation/dropouts from `args`, fairseq's conventions."""
     args, source = checkpoint.args, checkpoint.directory / MODEL_NAME
     words = _tensor(checkpoint, checkpoint.prefix + "embed_tokens.weight")
@@ -611,7 +614,10 @@ def config_of(checkpoint: FairseqCheckpoint, head: str | None, labels: list[str]
 
 
 def reference_weights(checkpoint: FairseqCheckpoint, head: str | None) -> ReferenceWeights:
-    """The encoder read straight from the fairseq tensors (not through the name table), for the parity check."""
+    """The encoder read straight from the fairseq tensors (not through the name table), for the parity check.
+
+    Example: `reference_forward(reference_weights(read("roberta.base"), None), ids, mask)["lm_logits"]`.
+    """
     p, get = checkpoint.prefix, lambda name: _tensor(checkpoint, name)
     norm = "emb_layer_norm" if f"{p}emb_layer_norm.weight" in checkpoint.state else "layernorm_embedding"
     layers = []
@@ -650,7 +656,10 @@ def reference_weights(checkpoint: FairseqCheckpoint, head: str | None) -> Refere
 
 def choose_head(checkpoint: FairseqCheckpoint, head: str) -> str | None:
     """`head` setting -> None (LM head) or a classification head name. "auto": the only classification head if
-    there is exactly one, else the LM head."""
+    there is exactly one, else the LM head.
+
+    Example: `choose_head(read("roberta.large.mnli"), "auto")` -> `'mnli'`.
+    """
     lm_present = any(name.startswith(checkpoint.lm_prefix) for name in checkpoint.state)
     if head == "auto":
         if len(checkpoint.heads) == 1:
@@ -670,7 +679,10 @@ def choose_head(checkpoint: FairseqCheckpoint, head: str) -> str | None:
 
 
 def tokenizer_of(checkpoint: FairseqCheckpoint):
-    """berta's Tokenizer for the release: fairseq's ids through dict.txt (GPT-2 BPE or SentencePiece)."""
+    """berta's Tokenizer for the release: fairseq's ids through dict.txt (GPT-2 BPE or SentencePiece).
+
+    Example: `tokenizer_of(read("roberta.base")).encode("Hello world!").ids`.
+    """
     from berta.tokenizer import Tokenizer
 
     directory = checkpoint.directory
@@ -693,14 +705,17 @@ def tokenizer_of(checkpoint: FairseqCheckpoint):
         return Tokenizer.from_pretrained(staging)
 
 
-def architecture(config: EncoderConfig, head: str | None) -> str:
+def _architecture(config: EncoderConfig, head: str | None) -> str:
     return config.hf_class_prefix + ("ForMaskedLM" if head is None else "ForSequenceClassification")
 
 
 def write_berta(checkpoint: FairseqCheckpoint, output: Path, head: str | None, labels: list[str]) -> EncoderConfig:
-    """Write the release as a berta (Hugging Face layout) directory into `output`: config, weights, tokenizer."""
-    config = config_of(checkpoint, head, labels)
-    tensors = hf_tensors(checkpoint, head)
+    """Write the release as a berta (Hugging Face layout) directory into `output`: config, weights, tokenizer.
+
+    Example: `write_berta(read("roberta.base"), Path("roberta-base"), head=None, labels=[])`.
+    """
+    config = _config_of(checkpoint, head, labels)
+    tensors = _hf_tensors(checkpoint, head)
     tokenizer = tokenizer_of(checkpoint)
     if len(tokenizer) != config.vocab_size:
         raise ValueError(f"{checkpoint.directory}: the tokenizer has {len(tokenizer)} ids but the embeddings "
@@ -708,7 +723,7 @@ def write_berta(checkpoint: FairseqCheckpoint, output: Path, head: str | None, l
     output.mkdir(parents=True, exist_ok=True)
     save_file({name: t.contiguous() for name, t in tensors.items()}, str(output / "model.safetensors"),
               metadata={"format": "pt"})
-    hf_config = config.to_hf_dict(architecture(config, head))
+    hf_config = config.to_hf_dict(_architecture(config, head))
     hf_config["dtype"] = "float32"
     (output / "config.json").write_text(json.dumps(hf_config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     tokenizer.model_max_length = config.max_length
@@ -721,7 +736,7 @@ def write_berta(checkpoint: FairseqCheckpoint, output: Path, head: str | None, l
 # ----------------------------------------------------------------------------------------- writing a release
 
 
-def fairseq_tensors(hf: dict[str, Tensor], config: EncoderConfig, naming: Naming, head: str | None) -> OrderedDict:
+def _fairseq_tensors(hf: dict[str, Tensor], config: EncoderConfig, naming: Naming, head: str | None) -> OrderedDict:
     """Hugging Face names (a RoBERTa task model's, `roberta.` prefix) -> fairseq names, the table read backwards.
 
     A trained segment row (transformers fine-tunes it) is folded into the position rows: every real token adds
@@ -761,7 +776,7 @@ def fairseq_tensors(hf: dict[str, Tensor], config: EncoderConfig, naming: Naming
     return OrderedDict((name, tensor.detach().float().contiguous()) for name, tensor in state.items())
 
 
-def release_args(config: EncoderConfig, bpe: str, head: str | None) -> argparse.Namespace:
+def _release_args(config: EncoderConfig, bpe: str, head: str | None) -> argparse.Namespace:
     """The `args` Namespace of a fairseq masked-LM RoBERTa checkpoint (roberta.base's fields, berta's values)."""
     args = argparse.Namespace(
         # the arch only fills in fields not given here; every size is given
@@ -789,7 +804,7 @@ def _tokenizer_vocab(tokenizer) -> tuple[dict[str, int], list]:
     return model["vocab"], model.get("merges", [])
 
 
-def write_release_files(tokenizer, config: EncoderConfig, model_dir: Path, output: Path) -> str:
+def _write_release_files(tokenizer, config: EncoderConfig, model_dir: Path, output: Path) -> str:
     """dict.txt and the BPE files of the release; returns fairseq's `bpe` name."""
     if len(tokenizer) != config.vocab_size or tokenizer.mask_id != config.vocab_size - 1:
         raise ValueError(f"{model_dir}: the tokenizer has {len(tokenizer)} ids with <mask> at {tokenizer.mask_id}, "
@@ -831,12 +846,14 @@ def write_release(tensors: dict[str, Tensor], config: EncoderConfig, tokenizer, 
 
     `naming` "current" writes the newer names in torch's zip format; "2019" the 2019 names (fused attention)
     in the legacy stream, as the original releases were saved.
+
+    Example: `write_release(state_for_saving(model), model.config, tokenizer, Path("m"), Path("out"), "2019", None)`.
     """
     output.mkdir(parents=True, exist_ok=True)
-    bpe = write_release_files(tokenizer, config, model_dir, output)
-    state = fairseq_tensors(tensors, config, naming, head)
+    bpe = _write_release_files(tokenizer, config, model_dir, output)
+    state = _fairseq_tensors(tensors, config, naming, head)
     checkpoint = {
-        "args": release_args(config, bpe, head),
+        "args": _release_args(config, bpe, head),
         "model": state,
         # what fairseq's checkpoint upgrade reads before it builds the model
         "optimizer_history": [{"criterion_name": "MaskedLmLoss", "optimizer_name": "FairseqAdam",

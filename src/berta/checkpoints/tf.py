@@ -189,7 +189,7 @@ class TFCheckpoint:
         return self.variables[name]
 
 
-def checkpoint_prefix(directory: Path) -> Path:
+def _checkpoint_prefix(directory: Path) -> Path:
     """The checkpoint in `directory`: the `checkpoint` file's latest, else the only (or highest-step) *.index."""
     tensorflow = _tensorflow()
     latest = tensorflow.train.latest_checkpoint(str(directory)) if (directory / "checkpoint").is_file() else None
@@ -221,7 +221,7 @@ def read(directory: str | Path) -> TFCheckpoint:
     from berta.io import read_json
 
     bert_config = read_json(config_path)
-    prefix = checkpoint_prefix(directory)
+    prefix = _checkpoint_prefix(directory)
     tensorflow = _tensorflow()
     try:
         reader = tensorflow.train.load_checkpoint(str(prefix))
@@ -239,7 +239,7 @@ def read(directory: str | Path) -> TFCheckpoint:
     return TFCheckpoint(directory, prefix, variables, bert_config, skipped)
 
 
-def config_of(checkpoint: TFCheckpoint) -> EncoderConfig:
+def _config_of(checkpoint: TFCheckpoint) -> EncoderConfig:
     """EncoderConfig from bert_config.json (plus the RoBERTa fields berta writes there)."""
     data, source = checkpoint.bert_config, checkpoint.directory / CONFIG_NAME
     family = checkpoint.family
@@ -277,7 +277,7 @@ def _rows(checkpoint: TFCheckpoint, name: str) -> np.ndarray:
     return _exchange_rows(value, checkpoint.exchanged) if checkpoint.exchanged and name in _VOCAB_ROWS else value
 
 
-def hf_tensors(checkpoint: TFCheckpoint, config: EncoderConfig) -> dict[str, Tensor]:
+def _hf_tensors(checkpoint: TFCheckpoint, config: EncoderConfig) -> dict[str, Tensor]:
     """The checkpoint's variables under Hugging Face names (kernels transposed, RoBERTa's offset rows restored)."""
     task = checkpoint.task
     prefix = "" if task == "encoder" else config.hf_prefix + "."
@@ -309,8 +309,11 @@ def hf_tensors(checkpoint: TFCheckpoint, config: EncoderConfig) -> dict[str, Ten
 
 
 def reference_weights(checkpoint: TFCheckpoint) -> ReferenceWeights:
-    """The encoder read straight from the TF variables (BERT's positions 0, 1, ...), for the parity check."""
-    config = config_of(checkpoint)
+    """The encoder read straight from the TF variables (BERT's positions 0, 1, ...), for the parity check.
+
+    Example: `reference_forward(reference_weights(read("uncased_L-12_H-768_A-12")), ids, mask, types)`.
+    """
+    config = _config_of(checkpoint)
 
     def get(name: str) -> Tensor:  # berta's ids, so that both sides read the same tokenization
         value = torch.from_numpy(_rows(checkpoint, name).astype(np.float64))
@@ -374,9 +377,12 @@ def _tokenizer(checkpoint: TFCheckpoint):
 
 
 def write_berta(checkpoint: TFCheckpoint, output: Path) -> EncoderConfig:
-    """Write the checkpoint as a berta (Hugging Face layout) directory into `output`."""
-    config = config_of(checkpoint)
-    tensors = hf_tensors(checkpoint, config)
+    """Write the checkpoint as a berta (Hugging Face layout) directory into `output`.
+
+    Example: `write_berta(read("uncased_L-12_H-768_A-12"), Path("bert-base"))`.
+    """
+    config = _config_of(checkpoint)
+    tensors = _hf_tensors(checkpoint, config)
     tokenizer = _tokenizer(checkpoint)
     if len(tokenizer) > config.vocab_size:  # fewer is fine: unused rows (RoBERTa pads its table to 50265)
         raise ValueError(f"{checkpoint.directory}: the vocabulary has {len(tokenizer)} tokens but "
@@ -401,7 +407,7 @@ def _exchange_of(config: EncoderConfig) -> tuple[int, int] | None:
     return (0, config.pad_token_id)
 
 
-def tf_variables(model: torch.nn.Module) -> dict[str, np.ndarray]:
+def _tf_variables(model: torch.nn.Module) -> dict[str, np.ndarray]:
     """A berta model's tensors under Google BERT's variable names (kernels transposed; see the module docstring
     for RoBERTa's positions)."""
     from berta.checkpoints.hf import state_for_saving
@@ -447,7 +453,7 @@ def tf_variables(model: torch.nn.Module) -> dict[str, np.ndarray]:
     return variables
 
 
-def bert_config(config: EncoderConfig) -> dict[str, Any]:
+def _bert_config(config: EncoderConfig) -> dict[str, Any]:
     """bert_config.json: Google's fields, plus model_type / pad_token_id / layer_norm_eps for RoBERTa."""
     data: dict[str, Any] = {
         "vocab_size": config.vocab_size, "hidden_size": config.hidden_size, "num_hidden_layers": config.num_layers,
@@ -476,7 +482,7 @@ def write_checkpoint(model: torch.nn.Module, tokenizer, output: str | Path) -> P
     tensorflow = _tensorflow()
     output = Path(output)
     output.mkdir(parents=True, exist_ok=True)
-    variables = tf_variables(model)
+    variables = _tf_variables(model)
     names = sorted(variables)
     # SaveV2 writes exactly these names (a TF1-style, name-keyed checkpoint), with no object graph.
     tensorflow.raw_ops.SaveV2(prefix=str(output / CHECKPOINT_NAME), tensor_names=names,
@@ -484,7 +490,7 @@ def write_checkpoint(model: torch.nn.Module, tokenizer, output: str | Path) -> P
                               tensors=[tensorflow.constant(variables[name]) for name in names])
     (output / "checkpoint").write_text(f'model_checkpoint_path: "{CHECKPOINT_NAME}"\n'
                                        f'all_model_checkpoint_paths: "{CHECKPOINT_NAME}"\n', encoding="utf-8")
-    (output / CONFIG_NAME).write_text(json.dumps(bert_config(model.config), indent=2) + "\n", encoding="utf-8")
+    (output / CONFIG_NAME).write_text(json.dumps(_bert_config(model.config), indent=2) + "\n", encoding="utf-8")
     tokenizer.save(output)
     tokens = [tokenizer.id_to_token(i) for i in range(len(tokenizer))]
     exchange = _exchange_of(model.config)

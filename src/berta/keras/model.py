@@ -217,7 +217,7 @@ def build(config: EncoderConfig, task: str = "encoder") -> keras.Model:
     return model
 
 
-def assign(model: keras.Model, tensors: dict[str, np.ndarray]) -> None:
+def _assign(model: keras.Model, tensors: dict[str, np.ndarray]) -> None:
     """Copy a berta model's Hugging Face-named tensors (`state_for_saving`) into a model from `build`."""
     config: EncoderConfig = model.berta_config
     task: str = model.berta_task
@@ -259,5 +259,5 @@ def load(path: str | Path, task: str | None = None) -> keras.Model:
         raise ValueError(f"{path}: an encoder without a pooler is not supported by berta.keras")
     model = build(torch_model.config, task)
     tensors = {name: tensor.detach().float().cpu().numpy() for name, tensor in state_for_saving(torch_model).items()}
-    assign(model, tensors)
+    _assign(model, tensors)
     return model
