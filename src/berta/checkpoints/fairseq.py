@@ -50,6 +50,7 @@ from torch import Tensor
 
 from berta.checkpoints.reference import ReferenceLayer, ReferenceWeights
 from berta.config import EncoderConfig
+from berta.io import atomic_write_text, check_file, lines, read_json
 
 log = logging.getLogger(__name__)
 
@@ -449,7 +450,7 @@ def read_dict(path: Path) -> list[str]:
     Example: `read_dict(Path("roberta.base/dict.txt"))[:3]` (RoBERTa's: GPT-2 ids as text, most frequent first).
     """
     symbols = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").split("\n"), start=1):
+    for number, line in lines(check_file(path, "dict.txt")):
         if not line.strip():
             continue
         fields = line.rstrip().split(" ")
@@ -725,7 +726,7 @@ def write_berta(checkpoint: FairseqCheckpoint, output: Path, head: str | None, l
               metadata={"format": "pt"})
     hf_config = config.to_hf_dict(_architecture(config, head))
     hf_config["dtype"] = "float32"
-    (output / "config.json").write_text(json.dumps(hf_config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    atomic_write_text(output / "config.json", json.dumps(hf_config, indent=2, sort_keys=True) + "\n")
     tokenizer.model_max_length = config.max_length
     tokenizer.save(output)
     if checkpoint.family == "xlm-roberta":
@@ -814,28 +815,28 @@ def _write_release_files(tokenizer, config: EncoderConfig, model_dir: Path, outp
     if config.family == "roberta":
         vocab, merges = _tokenizer_vocab(tokenizer)
         by_id = {i: token for token, i in vocab.items()}
-        gpt2 = json.loads((resources.files("berta") / "assets" / "gpt2-bpe" / "vocab.json").read_text("utf-8"))
+        gpt2 = read_json(Path(str(resources.files("berta") / "assets" / "gpt2-bpe" / "vocab.json")))
         encoder: dict[str, int] = {}
-        lines = []
+        entries = []
         for i in ids:
             token = by_id[i]
             if re.fullmatch(r"madeupword\d{4}", token):  # fairseq's vocabulary padding, listed by name
-                lines.append(f"{token} 0")
+                entries.append(f"{token} 0")
                 continue
             encoder[token] = gpt2.get(token, len(gpt2) + len(encoder))
-            lines.append(f"{encoder[token]} 1")
-        (output / "encoder.json").write_text(json.dumps(encoder, ensure_ascii=False), encoding="utf-8")
+            entries.append(f"{encoder[token]} 1")
+        atomic_write_text(output / "encoder.json", json.dumps(encoder, ensure_ascii=False))
         merge_lines = [m if isinstance(m, str) else " ".join(m) for m in merges]
-        (output / "vocab.bpe").write_text("#version: 0.2\n" + "\n".join(merge_lines) + "\n", encoding="utf-8")
+        atomic_write_text(output / "vocab.bpe", "#version: 0.2\n" + "\n".join(merge_lines) + "\n")
         bpe = "gpt2"
     else:
         if not (model_dir / SENTENCEPIECE_NAME).is_file():
             raise FileNotFoundError(f"{model_dir / SENTENCEPIECE_NAME}: no such file; a fairseq XLM-R release needs "
                                     "the SentencePiece model, which the berta directory does not hold")
         shutil.copy(model_dir / SENTENCEPIECE_NAME, output / SENTENCEPIECE_NAME)
-        lines = [f"{tokenizer.id_to_token(i)} 1" for i in ids]
+        entries = [f"{tokenizer.id_to_token(i)} 1" for i in ids]
         bpe = "sentencepiece"
-    (output / DICT_NAME).write_text("\n".join(lines) + "\n", encoding="utf-8")
+    atomic_write_text(output / DICT_NAME, "\n".join(entries) + "\n")
     return bpe
 
 

@@ -46,6 +46,7 @@ from torch import Tensor
 
 from berta.checkpoints.reference import ReferenceLayer, ReferenceWeights
 from berta.config import EncoderConfig
+from berta.io import atomic_write_json, atomic_write_text, lines, read_json
 
 log = logging.getLogger(__name__)
 
@@ -138,7 +139,7 @@ def _exchange_tokenizer_ids(directory: Path, ids: tuple[int, int]) -> None:
                 processor(item)
 
     path = directory / "tokenizer.json"
-    pipeline = json.loads(path.read_text(encoding="utf-8"))
+    pipeline = read_json(path)
     for token in pipeline.get("added_tokens", []):
         token["id"] = other(token["id"])
     vocab = pipeline["model"]["vocab"]
@@ -147,13 +148,13 @@ def _exchange_tokenizer_ids(directory: Path, ids: tuple[int, int]) -> None:
     else:  # Unigram: [piece, score] by id
         vocab[a], vocab[b] = vocab[b], vocab[a]
     processor(pipeline.get("post_processor"))
-    path.write_text(json.dumps(pipeline, ensure_ascii=False), encoding="utf-8")
+    atomic_write_text(path, json.dumps(pipeline, ensure_ascii=False))
     config_path = directory / "tokenizer_config.json"
     if config_path.is_file():
-        config = json.loads(config_path.read_text(encoding="utf-8"))
+        config = read_json(config_path)
         decoder = config.get("added_tokens_decoder", {})
         config["added_tokens_decoder"] = {str(other(int(i))): token for i, token in decoder.items()}
-        config_path.write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        atomic_write_json(config_path, config)
 
 
 @dataclass
@@ -218,8 +219,6 @@ def read(directory: str | Path) -> TFCheckpoint:
     config_path = directory / CONFIG_NAME
     if not config_path.is_file():
         raise FileNotFoundError(f"{config_path}: no such file (a TF BERT checkpoint directory needs {CONFIG_NAME})")
-    from berta.io import read_json
-
     bert_config = read_json(config_path)
     prefix = _checkpoint_prefix(directory)
     tensorflow = _tensorflow()
@@ -367,12 +366,12 @@ def _tokenizer(checkpoint: TFCheckpoint):
     vocab = directory / VOCAB_NAME
     if not vocab.is_file():
         raise FileNotFoundError(f"{vocab}: no such file (a TF BERT checkpoint directory needs its vocabulary)")
-    tokens = vocab.read_text(encoding="utf-8").split("\n")
+    tokens = [line.rstrip("\r\n") for _, line in lines(vocab)]
     # Google's releases do not record casing; an uncased vocabulary has no capitalised word pieces.
     cased = any(t[:1].isupper() for t in tokens if not t.startswith("["))
     with tempfile.TemporaryDirectory() as staging:
         shutil.copy(vocab, Path(staging) / VOCAB_NAME)
-        (Path(staging) / "tokenizer_config.json").write_text(json.dumps({"do_lower_case": not cased}))
+        atomic_write_json(Path(staging) / "tokenizer_config.json", {"do_lower_case": not cased})
         return Tokenizer.from_pretrained(staging)
 
 
@@ -391,7 +390,7 @@ def write_berta(checkpoint: TFCheckpoint, output: Path) -> EncoderConfig:
     save_file(tensors, str(output / "model.safetensors"), metadata={"format": "pt"})
     hf_config = config.to_hf_dict(config.hf_class_prefix + _ARCHITECTURE[checkpoint.task])
     hf_config["dtype"] = "float32"
-    (output / "config.json").write_text(json.dumps(hf_config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    atomic_write_text(output / "config.json", json.dumps(hf_config, indent=2, sort_keys=True) + "\n")
     tokenizer.model_max_length = config.max_length
     tokenizer.save(output)
     return config
@@ -488,14 +487,14 @@ def write_checkpoint(model: torch.nn.Module, tokenizer, output: str | Path) -> P
     tensorflow.raw_ops.SaveV2(prefix=str(output / CHECKPOINT_NAME), tensor_names=names,
                               shape_and_slices=[""] * len(names),
                               tensors=[tensorflow.constant(variables[name]) for name in names])
-    (output / "checkpoint").write_text(f'model_checkpoint_path: "{CHECKPOINT_NAME}"\n'
-                                       f'all_model_checkpoint_paths: "{CHECKPOINT_NAME}"\n', encoding="utf-8")
-    (output / CONFIG_NAME).write_text(json.dumps(_bert_config(model.config), indent=2) + "\n", encoding="utf-8")
+    atomic_write_text(output / "checkpoint", f'model_checkpoint_path: "{CHECKPOINT_NAME}"\n'
+                                             f'all_model_checkpoint_paths: "{CHECKPOINT_NAME}"\n')
+    atomic_write_json(output / CONFIG_NAME, _bert_config(model.config))
     tokenizer.save(output)
     tokens = [tokenizer.id_to_token(i) for i in range(len(tokenizer))]
     exchange = _exchange_of(model.config)
     if exchange:  # the written tokenizer speaks the checkpoint's ids
         _exchange_tokenizer_ids(output, exchange)
         tokens[exchange[0]], tokens[exchange[1]] = tokens[exchange[1]], tokens[exchange[0]]
-    (output / VOCAB_NAME).write_text("\n".join(tokens) + "\n", encoding="utf-8")
+    atomic_write_text(output / VOCAB_NAME, "\n".join(tokens) + "\n")
     return output
