@@ -345,17 +345,24 @@ def test_fairseq_classes_in_cfg_become_values_without_being_imported(tmp_path, m
 
     from omegaconf import OmegaConf
 
-    modules = {name: types.ModuleType(name) for name in ("fairseq", "fairseq.dataclass", "fairseq.dataclass.constants")}
+    names = ("fairseq", "fairseq.dataclass", "fairseq.dataclass.constants", "fairseq.meters")
+    modules = {name: types.ModuleType(name) for name in names}
     backend = enum.Enum("DDP_BACKEND_CHOICES", {"c10d": "c10d", "no_c10d": "no_c10d"},
                         module="fairseq.dataclass.constants")
     modules["fairseq.dataclass.constants"].DDP_BACKEND_CHOICES = backend
+    meter = type("AverageMeter", (), {"__module__": "fairseq.meters"})  # 2019 checkpoints keep training meters
+    modules["fairseq.meters"].AverageMeter = meter
     for name, module in modules.items():
         monkeypatch.setitem(sys.modules, name, module)
     cfg = OmegaConf.create({"model": {"encoder_layers": 2, "ddp_backend": backend.c10d, "layers": [1, 2]}})
-    torch.save({"cfg": cfg, "model": {"w": torch.ones(2)}}, tmp_path / "model.pt")
+    loss = meter()
+    loss.__dict__.update(val=2.5, count=10)
+    torch.save({"cfg": cfg, "model": {"w": torch.ones(2)}, "extra_state": {"train_meters": {"loss": loss}}},
+               tmp_path / "model.pt")
     assert b"fairseq.dataclass.constants" in zipfile.ZipFile(tmp_path / "model.pt").read("model/data.pkl")
     for name in modules:
         monkeypatch.delitem(sys.modules, name)  # fairseq is not there when the checkpoint is read
     checkpoint = fairseq.load_model_pt(tmp_path / "model.pt")
     assert checkpoint["cfg"] == {"model": {"encoder_layers": 2, "ddp_backend": "c10d", "layers": [1, 2]}}
+    assert checkpoint["extra_state"] == {"train_meters": {"loss": {"val": 2.5, "count": 10}}}
     assert "fairseq" not in sys.modules

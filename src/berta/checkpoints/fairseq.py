@@ -7,10 +7,13 @@ RoBERTa; berta's vendored copies are used when they are absent, as fairseq downl
 `model.pt` is a pickle, and unpickling runs whatever the file names. It is read here by a restricted unpickler
 that resolves only tensors and storages, containers, and the argument records checkpoints hold
 (`argparse.Namespace` under `args`, omegaconf `DictConfig` / `ListConfig` / nodes under `cfg`), each turned into
-a plain dict without importing argparse's or omegaconf's code paths. Any other global is refused with an
-`UnsafeCheckpointError` naming it, before anything is called. Both on-disk layouts are read: torch's zip
-archive (`archive/data.pkl` + one record per storage) and the legacy stream of the 2019 releases (magic
-number, protocol, system info, the pickle, its storage keys, then each storage's bytes).
+a plain dict without importing argparse's or omegaconf's code paths. Classes of fairseq itself (the enums of a
+`cfg`, the training meters some `extra_state`s keep) become stand-ins that record their state or value; fairseq is
+never imported. Any other global is refused with an `UnsafeCheckpointError` naming it, before anything is called.
+
+Both on-disk layouts are read: torch's zip archive (`archive/data.pkl` + one record per storage) and the legacy
+stream of the 2019 releases (magic number, protocol, system info, the pickle, its storage keys, then each
+storage's bytes).
 
 The state dict comes in two namings, told apart by the tensors themselves:
 
@@ -155,20 +158,23 @@ _OMEGACONF = {
 }
 
 
-class _FairseqName:
-    """A fairseq class named inside `cfg` metadata (a dataclass type, an enum): never imported. Calling it (an
-    enum member is pickled as `EnumClass(value)`) records the value instead."""
+class _FairseqObject(_Record):
+    """Stand-in for a fairseq class named in the pickle (a cfg enum, a dataclass type, the meters of
+    `extra_state`): never imported. Built with NEWOBJ it keeps its state; called (an enum member is pickled as
+    `EnumClass(value)`) it keeps the arguments."""
 
-    def __init__(self, name: str):
-        self.name = name
+    kind = "fairseq"
+    name = ""
 
-    def __call__(self, *args: Any) -> Any:
-        return _FairseqValue(self.name, args)
+    def __init__(self, *args: Any, **kwargs: Any):
+        self.args = args
 
 
-class _FairseqValue:
-    def __init__(self, name: str, args: tuple):
-        self.name, self.args = name, args
+def _fairseq_class(module: str, name: str, cache: dict[str, type] = {}) -> type:  # noqa: B006 - the cache
+    key = f"{module}.{name}"
+    if key not in cache:
+        cache[key] = type(f"_fairseq_{name}", (_FairseqObject,), {"name": key})
+    return cache[key]
 
 
 def _reconstructor(cls: Any, base: Any, state: Any) -> Any:
@@ -230,7 +236,7 @@ class _RestrictedUnpickler(pickle.Unpickler):
         if allowed is not None:
             return allowed
         if module == "fairseq" or module.startswith("fairseq."):
-            return _FairseqName(f"{module}.{name}")
+            return _fairseq_class(module, name)
         raise UnsafeCheckpointError(
             f"{self.source}: refused to load global {module}.{name}: a fairseq model.pt may only hold tensors, "
             "containers and argument records (argparse.Namespace, omegaconf configs); nothing was executed"
@@ -262,17 +268,18 @@ def _plain(value: Any, seen: dict[int, Any]) -> Any:
         result: Any = value.tensor()
     elif isinstance(value, _Record):
         state = getattr(value, "state", None)
-        if value.kind == "Namespace":
+        args = getattr(value, "args", ())
+        if value.kind == "fairseq":  # an enum member's value, else the object's state, else its class name
+            result = _plain(args[0], seen) if len(args) == 1 else _plain(state, seen) if state else value.name
+        elif value.kind == "Namespace":
             result = {str(k): _plain(v, seen) for k, v in (state or {}).items()}
         elif value.kind in ("DictConfig", "ListConfig", "Node"):
             content = (state or {}).get("_content" if value.kind != "Node" else "_val")
             result = _plain(content, seen)
         else:
             result = None
-    elif isinstance(value, _FairseqValue):
-        result = _plain(value.args[0], seen) if len(value.args) == 1 else value.name
-    elif isinstance(value, _FairseqName):
-        result = value.name
+    elif isinstance(value, type) and issubclass(value, _FairseqObject):
+        result = value.name  # a class named as a type (omegaconf metadata)
     elif isinstance(value, dict):
         result = OrderedDict() if isinstance(value, OrderedDict) else {}
         seen[id(value)] = result
