@@ -263,3 +263,24 @@ def test_missing_variable_is_named_and_nothing_written(tf, google_checkpoint, tm
                                          r"is missing"):
         convert(ConvertSettings(from_format="tf", source=broken, to_format="hf", output=out))
     assert not out.exists()
+
+
+def test_bert_classifier_round_trips_with_run_classifier_names(tf, bert, tmp_path):
+    """BERT's classifier goes out as run_classifier.py's output_weights (num_labels, hidden) / output_bias."""
+    config = berta.EncoderConfig(family="bert", vocab_size=len(bert), hidden_size=32, num_layers=2, num_heads=4,
+                                 intermediate_size=64, max_positions=40, id2label={0: "neg", 1: "neutral", 2: "pos"})
+    source, exported, back = tmp_path / "source", tmp_path / "tf", tmp_path / "back"
+    model = random_berta(config, "classification", seed=4)
+    model.save(source)
+    bert.save(source)
+    convert(ConvertSettings(from_format="hf", source=source, to_format="tf", output=exported))
+    reader = tf.train.load_checkpoint(str(exported / "bert_model.ckpt"))
+    weights = reader.get_tensor("output_weights")
+    assert weights.shape == (3, 32)
+    assert np.array_equal(weights, model.head.classifier.weight.detach().numpy())
+    assert "bert/pooler/dense/kernel" in reader.get_variable_to_shape_map()
+    convert(ConvertSettings(from_format="tf", source=exported, to_format="hf", output=back))
+    a, b = load_file(source / "model.safetensors"), load_file(back / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[name], b[name]) for name in a)
+    assert berta.load(back).task == "classification"
+    assert berta.load(back).config.id2label == {0: "neg", 1: "neutral", 2: "pos"}

@@ -253,6 +253,7 @@ def _config_of(checkpoint: TFCheckpoint) -> EncoderConfig:
     offset = 0 if family == "bert" else pad + 1
     num_labels = checkpoint.variables["output_weights"].shape[0] if "output_weights" in checkpoint.variables else 0
     type_rows = checkpoint.get("bert/embeddings/token_type_embeddings").shape[0]
+    labels = data.get("id2label") or {}
     try:
         return EncoderConfig(
             family=family, vocab_size=int(data["vocab_size"]), hidden_size=int(data["hidden_size"]),
@@ -264,7 +265,7 @@ def _config_of(checkpoint: TFCheckpoint) -> EncoderConfig:
             hidden_dropout=float(data.get("hidden_dropout_prob", 0.1)),
             attention_dropout=float(data.get("attention_probs_dropout_prob", 0.1)),
             initializer_range=float(data.get("initializer_range", 0.02)),
-            id2label={i: f"LABEL_{i}" for i in range(num_labels)},
+            id2label={i: str(labels.get(str(i), f"LABEL_{i}")) for i in range(num_labels)},
         )
     except ValueError as error:
         raise ValueError(f"{source}: {error}") from None
@@ -467,6 +468,8 @@ def _bert_config(config: EncoderConfig) -> dict[str, Any]:
     exchange = _exchange_of(config)
     if exchange:
         data.update(pad_token_id=exchange[0], bos_token_id=exchange[1], **{EXCHANGED: list(exchange)})
+    if config.id2label:  # run_classifier.py keeps labels outside the checkpoint; berta reads them back from here
+        data["id2label"] = {str(i): label for i, label in sorted(config.id2label.items())}
     return data
 
 
