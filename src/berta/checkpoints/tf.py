@@ -194,7 +194,7 @@ def _checkpoint_prefix(directory: Path) -> Path:
     """The checkpoint in `directory`: the `checkpoint` file's latest, else the only (or highest-step) *.index."""
     tensorflow = _tensorflow()
     latest = tensorflow.train.latest_checkpoint(str(directory)) if (directory / "checkpoint").is_file() else None
-    if latest:
+    if latest and Path(f"{latest}.index").is_file():  # a `checkpoint` file may name the training machine's paths
         return Path(latest)
     indexes = sorted(directory.glob("*.index"))
     if not indexes:
