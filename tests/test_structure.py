@@ -176,8 +176,8 @@ def test_print_config_writes_every_default_and_reads_back(tmp_path, capsys):
     assert values["data"] == "d" and values["mask_prob"] == 0.15
     saved = tmp_path / "pretrain.toml"
     saved.write_text(text)
-    assert cli.parse(["pretrain", "--config", str(saved)])[1] == cli.parse(["pretrain", "--data", "d", "--model", "tiny", "--output",
-                                                                            "o"])[1]
+    plain = cli.parse(["pretrain", "--data", "d", "--model", "tiny", "--output", "o"])[1]
+    assert cli.parse(["pretrain", "--config", str(saved)])[1] == plain
 
 
 def test_help_is_grouped_with_literal_choices_and_required_first(capsys):

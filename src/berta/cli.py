@@ -41,6 +41,7 @@ JOBS: dict[tuple[str, ...], str] = {
     ("predict",): "berta.inference.predict:predict",
     ("serve",): "berta.inference.serve:serve",
     ("attention",): "berta.viz.attention:attention",
+    ("convert",): "berta.checkpoints.convert:convert",
 }
 
 
@@ -75,8 +76,9 @@ def _default(field: dataclasses.Field) -> Any:
     return field.default
 
 
-def _flag(name: str) -> str:
-    return "--" + name.replace("_", "-")
+def _flag(field: dataclasses.Field) -> str:
+    """`batch_size` -> `--batch-size`; metadata "flag" names one whose field name is a Python keyword (`--from`)."""
+    return field.metadata.get("flag") or "--" + field.name.replace("_", "-")
 
 
 # ------------------------------------------------------------------------------------------- conversion
@@ -180,7 +182,7 @@ def _add_field(parser: argparse._ActionsContainer, field: dataclasses.Field, hin
         if shown:
             help_text = f"{help_text} (default: {default})"
     aliases = field.metadata.get("aliases", ())
-    parser.add_argument(_flag(field.name), *aliases, dest=field.name, help=help_text, **kwargs)
+    parser.add_argument(_flag(field), *aliases, dest=field.name, help=help_text, **kwargs)
 
 
 def _parser_type(hint: Any) -> Callable[[str], Any]:
@@ -342,13 +344,13 @@ def parse(argv: Sequence[str]) -> tuple[Callable[..., Any], Any]:
         if config_file is not None:
             values = read_config(config_file, cls)
         hints = typing.get_type_hints(cls)
-        values.update({name: convert(value, hints[name], _flag(name)) for name, value in args.items()})
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        values.update({name: convert(value, hints[name], _flag(fields[name])) for name, value in args.items()})
     except ValueError as error:
         raise SystemExit(f"berta: error: {error}") from None
-    fields = {f.name: f for f in dataclasses.fields(cls)}
     missing = [name for name, f in fields.items() if _required(f) and name not in values]
     if missing and not print_config:
-        shown = [name if fields[name].metadata.get("positional") else _flag(name) for name in missing]
+        shown = [name if fields[name].metadata.get("positional") else _flag(fields[name]) for name in missing]
         raise SystemExit(f"berta: error: the following arguments are required: {', '.join(shown)} "
                          f"(on the command line or in --config)")
     if print_config:
