@@ -51,6 +51,7 @@ import torch
 from safetensors.torch import save_file
 from torch import Tensor
 
+from berta.checkpoints.hf import architecture_name
 from berta.checkpoints.reference import ReferenceLayer, ReferenceWeights
 from berta.config import EncoderConfig
 from berta.io import atomic_write_text, check_file, lines, read_json
@@ -714,7 +715,7 @@ def tokenizer_of(checkpoint: FairseqCheckpoint):
 
 
 def _architecture(config: EncoderConfig, head: str | None) -> str:
-    return config.hf_class_prefix + ("ForMaskedLM" if head is None else "ForSequenceClassification")
+    return architecture_name(config, "masked-lm" if head is None else "classification")
 
 
 def write_berta(checkpoint: FairseqCheckpoint, output: Path, head: str | None, labels: list[str]) -> EncoderConfig:

@@ -44,6 +44,7 @@ import torch
 from safetensors.torch import save_file
 from torch import Tensor
 
+from berta.checkpoints.hf import architecture_name
 from berta.checkpoints.reference import ReferenceLayer, ReferenceWeights
 from berta.config import EncoderConfig
 from berta.io import atomic_write_json, atomic_write_text, lines, read_json
@@ -96,7 +97,8 @@ _CLASSIFIER_TABLE = {"output_weights": "classifier.weight", "output_bias": "clas
 # Training state that checkpoints carry and berta skips (and reports).
 _TRAINING_STATE = re.compile(r"(/adam_[mv]$|/Adam(_1)?$|^global_step$|^bad_steps$|^good_steps$|^loss_scale$)")
 _NEXT_SENTENCE = re.compile(r"^cls/seq_relationship/")
-_ARCHITECTURE = {"encoder": "Model", "masked-lm": "ForMaskedLM", "classification": "ForSequenceClassification"}
+# The tasks a Google BERT checkpoint can hold (bert/..., cls/predictions/..., run_classifier's output_weights).
+_TASKS = ("encoder", "masked-lm", "classification")
 
 
 def _tensorflow() -> Any:
@@ -389,7 +391,7 @@ def write_berta(checkpoint: TFCheckpoint, output: Path) -> EncoderConfig:
                          f"bert/embeddings/word_embeddings has only {config.vocab_size} rows")
     output.mkdir(parents=True, exist_ok=True)
     save_file(tensors, str(output / "model.safetensors"), metadata={"format": "pt"})
-    hf_config = config.to_hf_dict(config.hf_class_prefix + _ARCHITECTURE[checkpoint.task])
+    hf_config = config.to_hf_dict(architecture_name(config, checkpoint.task))
     hf_config["dtype"] = "float32"
     atomic_write_text(output / "config.json", json.dumps(hf_config, indent=2, sort_keys=True) + "\n")
     tokenizer.model_max_length = config.max_length
@@ -414,7 +416,7 @@ def _tf_variables(model: torch.nn.Module) -> dict[str, np.ndarray]:
 
     config: EncoderConfig = model.config
     task = getattr(model, "task", "encoder")
-    if task not in _ARCHITECTURE or (task == "classification" and config.family != "bert"):
+    if task not in _TASKS or (task == "classification" and config.family != "bert"):
         raise ValueError(f"a {config.family} {task} model: the TF BERT format names the encoder, the masked-LM "
                          "head and run_classifier's BERT head only")
     tensors = state_for_saving(model)
