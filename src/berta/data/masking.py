@@ -20,12 +20,12 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from berta.config import IGNORE_INDEX
 from berta.seeding import seeded_generator
 
 if TYPE_CHECKING:
     from berta.tokenizer import Tokenizer
 
-IGNORE_INDEX = -100  # the label of tokens that are not predicted (torch's cross_entropy default ignore_index)
 
 # The mark each tokenizer type puts on a word's first piece (byte-level BPE, SentencePiece) or on the
 # continuation pieces (WordPiece).

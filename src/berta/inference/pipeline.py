@@ -33,6 +33,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from berta.device import resolve_device
 from berta.io import read_json
 from berta.tasks.base import collate_inputs, length_batches, softmax
 from berta.tasks.tokens import token_windows
@@ -113,13 +114,6 @@ def _texts(values: str | Sequence[str], name: str) -> list[str]:
 def _finite(value: float) -> float:
     # JSON has no infinity: a question without any span scores -1e9 instead of -inf.
     return float(np.clip(value, -1e9, 1e9))
-
-
-def resolve_device(device: str | torch.device) -> torch.device:
-    """"auto" is the GPU when there is one, else the CPU. Example: `resolve_device("cpu")`."""
-    if str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
 
 
 def resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:

@@ -260,11 +260,8 @@ def predict(settings: PredictSettings) -> dict[str, Any]:
         raise ValueError("--output - (stdout) cannot be written by several ranks; give a file")
     if world_size > 1 and settings.input == "-":
         raise ValueError("--input - (stdin) cannot be read by several ranks; give a file")
-    device = settings.device
-    if world_size > 1 and device in ("auto", "cuda"):
-        import torch
-
-        device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}" if torch.cuda.is_available() else "cpu"
+    # Under torchrun "auto" and "cuda" mean this rank's GPU (LOCAL_RANK), which resolve_device picks.
+    device = "auto" if world_size > 1 and settings.device == "cuda" else settings.device
     pipe = pipeline(settings.model, device=device, dtype=settings.dtype, batch_size=settings.batch_size)
     method = settings.method or pipe.methods()[0].replace("_", "-")
     if method.replace("-", "_") not in pipe.methods():

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from berta.config import IGNORE_INDEX
 from berta.seeding import seeded_generator
 from berta.train.settings import TrainSettings
 
@@ -39,7 +40,7 @@ def labelled_units(batch: dict[str, Any]) -> int | Tensor:
             return labels.numel()
         positions = batch.get("masked_positions")
         selected = labels[positions] if isinstance(positions, Tensor) else labels
-        return selected.ne(-100).sum()
+        return selected.ne(IGNORE_INDEX).sum()
     for value in batch.values():
         if isinstance(value, Tensor) and value.dim() > 0:
             return value.shape[0]
