@@ -197,6 +197,14 @@ def test_finetune_race_style_end_to_end_beats_chance(tmp_path):
         ours = berta.load(tmp_path / "run" / "model")(**batch).logits
         theirs = reference(**batch).logits
     assert (ours - theirs).abs().max() < 1e-4
+    # berta.pipeline(...).choose scores the same sequences as the task's own prediction.
+    examples = [e for e in task.read(dev) if "_" not in e.question][:4]
+    expected = task.predict(berta.load(tmp_path / "run" / "model"), examples)
+    chosen = berta.pipeline(tmp_path / "run" / "model").choose(
+        [e.context for e in examples], [[f"{e.question} {c}" for c in e.choices] for e in examples])
+    for want, got in zip(expected, chosen, strict=True):
+        assert got["index"] == want["choice"]
+        assert max(abs(a - b) for a, b in zip(got["scores"], want["probabilities"], strict=True)) < 1e-5
 
 
 def nli_rows(count: int, seed: int) -> list[dict]:

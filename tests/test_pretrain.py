@@ -162,10 +162,25 @@ def test_errors_before_any_training_step(corpus, tmp_path: Path) -> None:
         build_model("no-such-model", tokenizer, block_size=32)
     other = berta.create(berta.EncoderConfig.preset("tiny").replace(vocab_size=1000), "masked-lm")
     other.save(tmp_path / "other")
-    with pytest.raises(ValueError, match="vocab_size is 1000 but the data's tokenizer has 50262 tokens"):
+    with pytest.raises(ValueError, match="vocab_size is 1000 but the data.s tokenizer has 50262 tokens"):
         build_model(str(tmp_path / "other"), tokenizer, block_size=32)
     with pytest.raises(SystemExit, match="holds no mask token"):
         saved = tmp_path / "saved"
         build_model("tiny", tokenizer, block_size=32).save(saved)
         tokenizer.save(saved)
         cli.main(["fill-mask", "--model", str(saved), "no mask here"])
+
+
+def test_a_padded_vocabulary_pretrains(corpus, tmp_path: Path) -> None:
+    """A model with more embedding rows than its tokenizer has tokens (50,265 for the 50,262-token data, as
+    `resize_token_embeddings(pad_to_multiple_of=...)` makes) trains; only ids past the model's rows are an error."""
+    data, _ = corpus
+    padded = berta.create(berta.EncoderConfig.preset("tiny").replace(vocab_size=50265), "masked-lm")
+    padded.save(tmp_path / "padded")
+    run = tmp_path / "run"
+    cli.main(["pretrain", "--data", str(data), "--model", str(tmp_path / "padded"), "--output", str(run),
+              "--max-steps", "2", "--batch-size", "4", "--no-progress", "--no-plot", "--no-tensorboard"])
+    assert [r["step"] for r in records(run)] == [1, 2]
+    assert berta.load(run / "model").config.vocab_size == 50265
+    with pytest.raises(ValueError, match=r"outside the vocabulary \(vocab_size 50265\)"):
+        padded(torch.tensor([[0, 50265, 2]]))

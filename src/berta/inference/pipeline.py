@@ -33,6 +33,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from berta import tasks
 from berta.device import resolve_device
 from berta.io import read_json
 from berta.tasks.base import collate_inputs, length_batches, softmax
@@ -44,15 +45,6 @@ log = logging.getLogger(__name__)
 POOLING = ("cls", "mean", "max", "mean_sqrt_len")
 AGGREGATIONS = ("none", "simple", "first", "average", "max")
 FUNCTIONS = ("softmax", "sigmoid", "none")
-# The methods each task serves; `embed` works on every torch model (it reads the encoder under the head).
-TASK_METHODS: dict[str, tuple[str, ...]] = {
-    "encoder": ("embed",),
-    "masked-lm": ("fill_mask", "embed"),
-    "classification": ("classify", "embed"),
-    "tokens": ("tag", "embed"),
-    "qa": ("answer", "embed"),
-    "multiple-choice": ("choose", "embed"),
-}
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -169,13 +161,13 @@ class Pipeline:
 
     def methods(self) -> tuple[str, ...]:
         """The prediction methods this model serves. Example: `berta.pipeline(d).methods() == ("embed",)`."""
-        methods = TASK_METHODS.get(self.task, ())
+        methods = task_methods().get(self.task, ())
         return methods if isinstance(self.model, nn.Module) else tuple(m for m in methods if m != "embed" or
                                                                        self.task == "encoder")
 
     def _require(self, method: str) -> None:
         if method not in self.methods():
-            serving = [name for name, methods in TASK_METHODS.items() if method in methods]
+            serving = [name for name, methods in task_methods().items() if method in methods]
             raise TaskMismatchError(
                 f"{method} needs a {' or '.join(serving)} model, but this model's task is {self.task!r} "
                 f"(it serves: {', '.join(self.methods()) or 'nothing'})"
@@ -588,6 +580,18 @@ class Pipeline:
                     results[indices[j]] = {"choice": candidates[indices[j]][best], "index": best,
                                            "scores": [float(s) for s in scores]}
         return results
+
+
+def task_methods() -> dict[str, tuple[str, ...]]:
+    """Task name -> the pipeline methods it serves (each task's `methods`); `embed` works on every torch model,
+    reading the encoder under the head.
+
+    Example:
+        >>> task_methods()["qa"]
+        ('answer', 'embed')
+    """
+    return {name: (*task.methods, "embed") if "embed" not in task.methods else task.methods
+            for name, task in tasks.TASKS.items()}
 
 
 class TaskMismatchError(ValueError):

@@ -424,9 +424,9 @@ class Server:
 
     def _require(self, method: str) -> None:
         if method not in self.pipe.methods():
-            from berta.inference.pipeline import TASK_METHODS
+            from berta.inference.pipeline import task_methods
 
-            serving = [task for task, methods in TASK_METHODS.items() if method in methods]
+            serving = [task for task, methods in task_methods().items() if method in methods]
             raise ClientError(400, f"this route needs a {' or '.join(serving)} model, but the loaded model's task "
                                    f"is {self.pipe.task!r}; it serves {self._routes_served()}", "task")
 

@@ -63,6 +63,7 @@ class Task:
     - `options`: the options dataclass (an `Options` subclass), which becomes CLI options of finetune/evaluate
     - `fine_tunable`: False for the model-only tasks (no data half)
     - `needs_labels`: the head has one output per label, so a new head needs `id2label`
+    - `methods`: the `berta.pipeline` methods its models serve (`classify`, `tag`, ...)
     - `outputs`, `per_token`: the model outputs `decode` reads, and whether they are per token
     """
 
@@ -74,6 +75,7 @@ class Task:
     options: ClassVar[type[Options]] = Options
     fine_tunable: ClassVar[bool] = True
     needs_labels: ClassVar[bool] = False  # the head's size is the number of labels (id2label)
+    methods: ClassVar[tuple[str, ...]] = ("embed",)  # what `berta.pipeline` serves for this task's models
     outputs: ClassVar[tuple[str, ...]] = ("logits",)
     per_token: ClassVar[bool] = False
     max_length: int

@@ -86,6 +86,7 @@ class ClassificationTask(Task):
         },
     }
     architecture_suffix = "ForSequenceClassification"
+    methods = ("classify",)
     needs_labels = True
     # GLUE-style sentences and pairs fit 128 tokens (RoBERTa's GLUE runs use up to 512; 128 is BERT's default).
     default_max_length = 128

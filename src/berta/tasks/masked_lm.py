@@ -32,6 +32,7 @@ class MaskedLMTask(Task):
         },
     }
     architecture_suffix = "ForMaskedLM"
+    methods = ("fill_mask",)
     fine_tunable = False
     # Copies of the tied word embeddings that checkpoints carry; never loaded, never saved (as transformers saves).
     derived = ("cls.predictions.decoder.weight", "cls.predictions.decoder.bias",

@@ -90,6 +90,7 @@ class MultipleChoiceTask(Task):
     heads = {family: {"classifier.weight": "classifier.weight", "classifier.bias": "classifier.bias"}
              for family in ("bert", "roberta")}
     architecture_suffix = "ForMultipleChoice"
+    methods = ("choose",)
     default_max_length = 256  # RACE articles need more (RoBERTa: 512); --max-length raises it
     options = MultipleChoiceOptions
     outputs, per_token = ("logits",), False

@@ -58,6 +58,7 @@ class QATask(Task):
     heads = {family: {"qa_outputs.weight": "qa_outputs.weight", "qa_outputs.bias": "qa_outputs.bias"}
              for family in ("bert", "roberta")}
     architecture_suffix = "ForQuestionAnswering"
+    methods = ("answer",)
     default_max_length = 384  # BERT's run_squad max_seq_length
     options = QAOptions
     outputs, per_token = ("start_logits", "end_logits"), True

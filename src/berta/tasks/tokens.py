@@ -135,6 +135,7 @@ class TokenTask(Task):
     heads = {family: {"classifier.weight": "classifier.weight", "classifier.bias": "classifier.bias"}
              for family in ("bert", "roberta")}
     architecture_suffix = "ForTokenClassification"
+    methods = ("tag",)
     needs_labels = True
     default_max_length = 256  # CoNLL sentences fit; longer ones are the exception
     options = TokenOptions
