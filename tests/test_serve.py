@@ -327,26 +327,22 @@ def test_sigterm_finishes_requests_in_flight(tmp_path):
         process.stdout.close()
 
 
-def test_attention_route_is_mounted_when_the_viewer_module_imports(monkeypatch, tmp_path):
-    import types
+def test_attention_form_and_page_from_the_real_viewer(tmp_path):
+    from berta.viz.attention import attention_html
 
-    # berta.viz.attention is written on another branch; a stand-in with its signature shows the hook mounts it.
-    viewer = types.ModuleType("berta.viz.attention")
-    viewer.attention_html = lambda model, tokenizer, text, pair=None: f"<html>{model.task}|{text}|{pair}</html>"
-    directory = save_model(tmp_path / "model", Tokenizer.from_pretrained("roberta"), "encoder")
-    running = Running(directory)
+    running = Running(minilm_directory())
     try:
-        assert running.client.get("/attention", params={"text": "a"}).status_code == 404  # no module, no route
-    finally:
-        running.close()
-    monkeypatch.setitem(sys.modules, "berta.viz.attention", viewer)
-    running = Running(directory)
-    try:
-        page = running.client.get("/attention", params={"text": "a cat", "pair": "a dog"})
+        form = running.client.get("/attention")
+        assert form.status_code == 200 and '<form method="post" action="/attention">' in form.text
+        page = running.client.get("/attention", params={"text": "The cat sat.", "pair": "It slept."})
         assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
-        assert page.text == "<html>encoder|a cat|a dog</html>"
-        assert running.client.post("/attention", json={"text": "b"}).text == "<html>encoder|b|None</html>"
-        check_error(running.client.get("/attention"), 422, "query parameter 'text' is missing")
+        expected = attention_html(running.server.pipe.model, running.server.pipe.tokenizer, "The cat sat.",
+                                  "It slept.")
+        assert page.text == expected and "slept" in page.text
+        posted = running.client.post("/attention", data={"text": "The cat sat.", "pair": "It slept."})
+        assert posted.text == expected
+        assert running.client.post("/attention", json={"text": "The cat sat.", "pair": "It slept."}).text == expected
+        check_error(running.client.post("/attention", json={"pair": "b"}), 422, "text")
     finally:
         running.close()
 

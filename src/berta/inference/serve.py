@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import torch
 
 log = logging.getLogger(__name__)
 
@@ -721,21 +722,37 @@ class Server:
         return app
 
     def _mount_attention(self, app: Any) -> None:
-        """`GET/POST /attention` when `berta.viz.attention` is installed: its HTML view of one text."""
+        """`GET /attention` (a form, or the page for `?text=`) and `POST /attention` (the page for a text, as JSON
+        or a submitted form): the offline viewer of `berta.viz.attention`, for models that give attention
+        probabilities (PyTorch ones; an ONNX graph does not)."""
         try:
             from berta.viz.attention import attention_html
         except ImportError:
             return
+        if not isinstance(self.pipe.model, torch.nn.Module):
+            return
+        from urllib.parse import parse_qs
+
         from fastapi.responses import HTMLResponse
 
         async def attention(request) -> Any:  # noqa: ANN001 - annotated below
             if request.method == "POST":
-                body = await _json_body(request)
-                text, pair = _field(body, "text", (str,), required=True), _field(body, "pair", (str,))
+                if request.headers.get("content-type", "").startswith("application/x-www-form-urlencoded"):
+                    raw = await request.body()
+                    try:
+                        form = {key: values[0] for key, values in parse_qs(raw.decode("utf-8")).items()}
+                    except UnicodeDecodeError:
+                        raise ClientError(422, "the form is not valid UTF-8") from None
+                    if not form.get("text"):
+                        raise ClientError(422, "the form has no 'text'")
+                    text, pair = form["text"], form.get("pair") or None
+                else:
+                    body = await _json_body(request)
+                    text, pair = _field(body, "text", (str,), required=True), _field(body, "pair", (str,))
             else:
                 text, pair = request.query_params.get("text"), request.query_params.get("pair")
                 if text is None:
-                    raise ClientError(422, "query parameter 'text' is missing")
+                    return HTMLResponse(_ATTENTION_FORM)
             self._check_sizes([text] + ([pair] if pair else []))
             html = await asyncio.to_thread(attention_html, self.pipe.model, self.pipe.tokenizer, text, pair)
             return HTMLResponse(html)
@@ -744,6 +761,17 @@ class Server:
 
         attention.__annotations__["request"] = Request
         app.add_api_route("/attention", attention, methods=["GET", "POST"], summary="Attention view (HTML)")
+
+
+_ATTENTION_FORM = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>berta attention</title></head>
+<body><h1>Attention</h1>
+<form method="post" action="/attention">
+<p><label>Text<br><textarea name="text" rows="3" cols="80" required></textarea></label></p>
+<p><label>Second text of a pair (optional)<br><textarea name="pair" rows="2" cols="80"></textarea></label></p>
+<p><button type="submit">Show attention</button></p>
+</form></body></html>
+"""
 
 
 def _object(required: Sequence[str] = ("inputs",), **properties: Any) -> dict[str, Any]:
