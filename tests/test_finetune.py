@@ -173,7 +173,7 @@ def reviews(path: Path, count: int, seed: int) -> Path:
 def test_classification_end_to_end_with_minilm_and_transformers(tmp_path, minilm):
     train, dev = reviews(tmp_path / "train.csv", 96, 0), reviews(tmp_path / "dev.csv", 40, 1)
     run("finetune", "--task", "classification", "--model", minilm, "--train", train, "--validation", dev,
-        "--output", tmp_path / "run", "--text-column", "review", "--label-column", "sentiment", "--epochs", "2",
+        "--output", tmp_path / "run", "--text-column", "review", "--label-column", "sentiment", "--epochs", "3",
         "--batch-size", "16", "--lr", "1e-4", "--max-length", "32")
     out = tmp_path / "run"
     report = read_json(out / "eval_results.json")
