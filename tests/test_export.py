@@ -15,6 +15,7 @@ import transformers
 from conftest import minilm_directory
 
 import berta
+from berta.cli import main
 from berta.inference.export import (
     GRAPHS,
     ExportSettings,
@@ -153,6 +154,14 @@ def test_export_job_int8_and_sentence_transformers_files(tmp_path: Path, capsys:
         expected = fp32(batch["input_ids"], batch["attention_mask"]).last_hidden_state
     mask = batch["attention_mask"].bool()
     assert torch.nn.functional.cosine_similarity(got[mask], expected[mask]).mean() >= 0.99
+
+
+def test_command_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    source = model_directory(tmp_path, "bert", "tokens")
+    main(["export", "onnx", str(source), str(tmp_path / "onnx"), "--quantize", "int8", "--task", "encoder"])
+    assert "int8" in capsys.readouterr().out
+    served = OnnxModel(tmp_path / "onnx")
+    assert served.task == "encoder" and served.output_names[0] == "last_hidden_state"
 
 
 def test_external_data_past_the_size_threshold(tmp_path: Path) -> None:

@@ -7,6 +7,7 @@ Example:
 
 from berta.checkpoints.hf import load
 from berta.config import PRESETS, EncoderConfig
+from berta.inference.onnx_backend import OnnxModel
 from berta.model import (
     Encoder,
     EncoderOutput,
@@ -24,6 +25,7 @@ __all__ = [
     "EncoderConfig",
     "EncoderOutput",
     "MaskedLM",
+    "OnnxModel",
     "QuestionAnswering",
     "SequenceClassifier",
     "TokenClassifier",

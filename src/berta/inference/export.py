@@ -74,7 +74,8 @@ class ExportSettings:
     model: Path = field(metadata={"help": "model directory (config.json + model.safetensors)", "positional": True})
     output: Path = field(metadata={"help": "directory to write: model.onnx, config.json, tokenizer files",
                                    "positional": True})
-    task: str | None = field(default=None, metadata={"help": "task model to export (default: config.json's)"})
+    task: str | None = field(default=None, metadata={"help": "task model to export (default: config.json's)",
+                                                     "choices": sorted(GRAPHS)})
     quantize: str | None = field(default=None, metadata={"help": "int8: per-channel weights, per-token activations",
                                                          "choices": ["int8"]})
     opset: int = field(default=DEFAULT_OPSET, metadata={"help": "ONNX opset version"})
