@@ -41,6 +41,7 @@ import transformers
 
 import berta
 from berta.inference.export import export_onnx, verify_onnx
+from berta.inference.quantize import quantize
 
 THREADS = 2
 BATCH_SIZE = 32
@@ -195,16 +196,21 @@ def transformers_engine(directory: Path) -> Engine:
     return torch_inputs, run, lambda output: output.numpy()
 
 
-def onnxruntime_engine(directory: Path, work: Path, int8: bool = False) -> Engine:
-    """`int8`: onnxruntime's own dynamic quantization (`quantize_dynamic`, default settings) of the graph."""
+def onnxruntime_engine(directory: Path, work: Path, int8: str | None = None) -> Engine:
+    """`int8`: "onnxruntime", its own dynamic quantization of the graph (`quantize_dynamic`, default settings);
+    "berta", the graph of berta's int8 model (`berta export onnx --quantize int8`: per-token scales)."""
     import onnxruntime
 
     model = berta.load(directory, task="encoder")
-    path = export_onnx(model, work / f"{directory.name}.onnx")
-    difference = verify_onnx(model, path)
-    if difference > 1e-4:
+    if int8 not in (None, "onnxruntime", "berta"):
+        raise ValueError(f"int8 must be None, 'onnxruntime' or 'berta', got {int8!r}")
+    path = work / f"{directory.name}{'-berta-int8' if int8 == 'berta' else ''}.onnx"
+    exported = quantize(model, "int8") if int8 == "berta" else model
+    export_onnx(exported, path)
+    difference = verify_onnx(exported, path)
+    if int8 != "berta" and difference > 1e-4:
         raise RuntimeError(f"{path}: onnxruntime differs from berta by {difference:.2e}")
-    if int8:
+    if int8 == "onnxruntime":
         from onnxruntime.quantization import QuantType, quantize_dynamic
 
         quantized = path.with_name(f"{path.stem}-int8.onnx")

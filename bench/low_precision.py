@@ -72,7 +72,8 @@ def engines(directory: Path, work: Path) -> dict[str, Engine]:
         "berta int8": berta_engine(directory, quantize="int8"),
         "berta int8 + bf16": berta_engine(directory, torch.bfloat16, quantize="int8"),
         "onnxruntime fp32": onnxruntime_engine(directory, work),
-        "onnxruntime int8": onnxruntime_engine(directory, work, int8=True),
+        "onnxruntime int8": onnxruntime_engine(directory, work, int8="onnxruntime"),
+        "onnxruntime berta int8": onnxruntime_engine(directory, work, int8="berta"),
         "ctranslate2 fp32": ctranslate2_engine(directory, work),
         "ctranslate2 int8": ctranslate2_engine(directory, work, "int8"),
     }
@@ -120,12 +121,14 @@ def transformers_classifier(model_dir: Path) -> Classifier:
     return run
 
 
-def onnxruntime_classifier(model_dir: Path, work: Path, int8: bool) -> Classifier:
+def onnxruntime_classifier(model_dir: Path, work: Path, int8: str | None) -> Classifier:
+    """`int8` as in `onnxruntime_engine`: "onnxruntime" (its dynamic quantization) or "berta" (berta's graph)."""
     import onnxruntime
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    path = export_onnx(berta.load(model_dir), work / "classifier.onnx")
-    if int8:
+    model = berta.load(model_dir, quantize="int8" if int8 == "berta" else None)
+    path = export_onnx(model, work / f"classifier-{int8}.onnx")
+    if int8 == "onnxruntime":
         quantize_dynamic(path, work / "classifier-int8.onnx", weight_type=QuantType.QInt8)
         path = work / "classifier-int8.onnx"
     options = onnxruntime.SessionOptions()
@@ -149,8 +152,9 @@ def classifiers(model_dir: Path, work: Path) -> dict[str, Classifier]:
         "berta bf16": berta_classifier(model_dir, torch.bfloat16, None),
         "berta int8": berta_classifier(model_dir, torch.float32, "int8"),
         "berta int8 + bf16": berta_classifier(model_dir, torch.bfloat16, "int8"),
-        "onnxruntime fp32": onnxruntime_classifier(model_dir, work, int8=False),
-        "onnxruntime int8": onnxruntime_classifier(model_dir, work, int8=True),
+        "onnxruntime fp32": onnxruntime_classifier(model_dir, work, int8=None),
+        "onnxruntime int8": onnxruntime_classifier(model_dir, work, int8="onnxruntime"),
+        "onnxruntime berta int8": onnxruntime_classifier(model_dir, work, int8="berta"),
     }
 
 
