@@ -64,19 +64,20 @@ class Row:
         return statistics.median(self.tokens_per_second)
 
 
-def engines(directory: Path, work: Path) -> dict[str, Engine]:
-    return {
-        "transformers fp32": transformers_engine(directory),
-        "berta fp32": berta_engine(directory),
-        "berta bf16": berta_engine(directory, torch.bfloat16),
-        "berta int8": berta_engine(directory, quantize="int8"),
-        "berta int8 + bf16": berta_engine(directory, torch.bfloat16, quantize="int8"),
-        "onnxruntime fp32": onnxruntime_engine(directory, work),
-        "onnxruntime int8": onnxruntime_engine(directory, work, int8="onnxruntime"),
-        "onnxruntime berta int8": onnxruntime_engine(directory, work, int8="berta"),
-        "ctranslate2 fp32": ctranslate2_engine(directory, work),
-        "ctranslate2 int8": ctranslate2_engine(directory, work, "int8"),
-    }
+ENGINES: dict[str, Callable[[Path, Path], Engine]] = {
+    "transformers fp32": lambda directory, work: transformers_engine(directory),
+    "berta fp32": lambda directory, work: berta_engine(directory),
+    "berta bf16": lambda directory, work: berta_engine(directory, torch.bfloat16),
+    "berta int8": lambda directory, work: berta_engine(directory, quantize="int8"),
+    "berta int8 + bf16": lambda directory, work: berta_engine(directory, torch.bfloat16, quantize="int8"),
+    "onnxruntime fp32": lambda directory, work: onnxruntime_engine(directory, work),
+    "onnxruntime int8": lambda directory, work: onnxruntime_engine(directory, work, int8="onnxruntime"),
+    "onnxruntime berta int8": lambda directory, work: onnxruntime_engine(directory, work, int8="berta"),
+    "ctranslate2 fp32": lambda directory, work: ctranslate2_engine(directory, work),
+    "ctranslate2 int8": lambda directory, work: ctranslate2_engine(directory, work, "int8"),
+}
+# The rows every report needs: the cosine reference and the rows the targets compare.
+REQUIRED = (REFERENCE, "berta fp32", "berta bf16", "berta int8", "ctranslate2 int8")
 
 
 def sentence_embeddings(hidden: np.ndarray, batch: Batch) -> np.ndarray:
@@ -219,6 +220,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="256 snippets, 1 repeat")
     parser.add_argument("--snippets", type=int, help="Rotten Tomatoes snippets to encode (default 1024)")
     parser.add_argument("--repeats", type=int, help="timed passes per engine (default 3, --quick 1)")
+    parser.add_argument("--engines", nargs="+", choices=list(ENGINES), default=list(ENGINES),
+                        help=f"engines to run ({', '.join(REQUIRED)} always run)")
     parser.add_argument("--demo", type=Path, help="output directory of `python -m berta.demo`: adds test accuracy")
     args = parser.parse_args(argv)
     count = args.snippets or (256 if args.quick else 1024)
@@ -239,7 +242,8 @@ def main(argv: list[str] | None = None) -> int:
     load_before = load_average()
     with tempfile.TemporaryDirectory(prefix="berta-low-precision-") as temporary:
         work = Path(temporary)
-        running = engines(directory, work)
+        names = [name for name in ENGINES if name in args.engines or name in REQUIRED]
+        running = {name: ENGINES[name](directory, work) for name in names}
         prepared = {name: [engine[0](batch) for batch in workload.batches] for name, engine in running.items()}
         _, run, to_numpy = running[REFERENCE]
         reference = [sentence_embeddings(to_numpy(run(inputs)), batch)
@@ -252,7 +256,8 @@ def main(argv: list[str] | None = None) -> int:
             rows[name].tokens_per_second = values
         if args.demo:
             for name, accuracy in accuracies(args.demo, work, log).items():
-                rows[name].accuracy = accuracy
+                if name in rows:
+                    rows[name].accuracy = accuracy
     print(table(rows))
     print()
     print("\n".join(targets(rows)))
