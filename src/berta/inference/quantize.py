@@ -113,6 +113,7 @@ def quantize(model: nn.Module, method: str = "int8") -> nn.Module:
     Call it on float32 weights (`berta.load` does, before any dtype cast).
 
     Example:
+        >>> import berta
         >>> model = quantize(berta.create(berta.EncoderConfig.preset("tiny")))
         >>> type(model.layers[0].feed_forward.intermediate).__name__
         'Int8Linear'
