@@ -41,6 +41,7 @@ import transformers
 
 import berta
 from berta.inference.export import export_onnx, verify_onnx
+from berta.inference.quantize import quantize
 
 THREADS = 2
 BATCH_SIZE = 32
@@ -104,9 +105,9 @@ def debate_statements(count: int) -> list[str]:
     return statements[:count]
 
 
-def natural_workload(directory: Path, texts: list[str], pad_id: int) -> Workload:
+def natural_workload(directory: Path, texts: list[str], pad_id: int, max_length: int = MAX_LENGTH) -> Workload:
     tokenizer = transformers.AutoTokenizer.from_pretrained(directory)
-    rows = tokenizer(texts, truncation=True, max_length=MAX_LENGTH)["input_ids"]
+    rows = tokenizer(texts, truncation=True, max_length=max_length)["input_ids"]
     batches = []
     for start in range(0, len(rows), BATCH_SIZE):
         chunk = rows[start : start + BATCH_SIZE]
@@ -175,8 +176,8 @@ def torch_inputs(batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.from_numpy(batch.input_ids), torch.from_numpy(batch.attention_mask)
 
 
-def berta_engine(directory: Path, dtype: torch.dtype = torch.float32) -> Engine:
-    model = berta.load(directory, task="encoder", dtype=dtype).eval()
+def berta_engine(directory: Path, dtype: torch.dtype = torch.float32, quantize: str | None = None) -> Engine:
+    model = berta.load(directory, task="encoder", dtype=dtype, quantize=quantize).eval()
 
     def run(inputs):
         with torch.inference_mode():
@@ -195,14 +196,26 @@ def transformers_engine(directory: Path) -> Engine:
     return torch_inputs, run, lambda output: output.numpy()
 
 
-def onnxruntime_engine(directory: Path, work: Path) -> Engine:
+def onnxruntime_engine(directory: Path, work: Path, int8: str | None = None) -> Engine:
+    """`int8`: "onnxruntime", its own dynamic quantization of the graph (`quantize_dynamic`, default settings);
+    "berta", the graph of berta's int8 model (`berta export onnx --quantize int8`: per-token scales)."""
     import onnxruntime
 
     model = berta.load(directory, task="encoder")
-    path = export_onnx(model, work / f"{directory.name}.onnx")
-    difference = verify_onnx(model, path)
-    if difference > 1e-4:
+    if int8 not in (None, "onnxruntime", "berta"):
+        raise ValueError(f"int8 must be None, 'onnxruntime' or 'berta', got {int8!r}")
+    path = work / f"{directory.name}{'-berta-int8' if int8 == 'berta' else ''}.onnx"
+    exported = quantize(model, "int8") if int8 == "berta" else model
+    export_onnx(exported, path)
+    difference = verify_onnx(exported, path)
+    if int8 != "berta" and difference > 1e-4:
         raise RuntimeError(f"{path}: onnxruntime differs from berta by {difference:.2e}")
+    if int8 == "onnxruntime":
+        from onnxruntime.quantization import QuantType, quantize_dynamic
+
+        quantized = path.with_name(f"{path.stem}-int8.onnx")
+        quantize_dynamic(path, quantized, weight_type=QuantType.QInt8)
+        path = quantized
     options = onnxruntime.SessionOptions()
     options.intra_op_num_threads = THREADS
     options.inter_op_num_threads = 1
@@ -218,14 +231,18 @@ def onnxruntime_engine(directory: Path, work: Path) -> Engine:
     return prepare, lambda feeds: session.run(["last_hidden_state"], feeds)[0], lambda output: output
 
 
-def ctranslate2_engine(directory: Path, work: Path) -> Engine:
+def ctranslate2_engine(directory: Path, work: Path, compute_type: str = "default") -> Engine:
+    """`compute_type`: CTranslate2's ("int8": per-row weight scales, per-token activation scales)."""
     import ctranslate2
 
     output = work / f"{directory.name}-ct2"
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        ctranslate2.converters.TransformersConverter(str(directory)).convert(str(output), force=True)
-    encoder = ctranslate2.Encoder(str(output), device="cpu", intra_threads=THREADS, inter_threads=1)
+    if not (output / "model.bin").exists():
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ctranslate2.converters.TransformersConverter(str(directory)).convert(str(output), force=True)
+    encoder = ctranslate2.Encoder(
+        str(output), device="cpu", intra_threads=THREADS, inter_threads=1, compute_type=compute_type
+    )
 
     def prepare(batch: Batch) -> list[list[int]]:
         # CTranslate2 takes unpadded id lists and pads (or not) itself.
@@ -257,24 +274,39 @@ def measure(
         for name, (_, run, to_numpy) in engines.items():
             output = to_numpy(run(prepared[name][0]))
             rows[name].max_difference = max_difference(reference, output, first.attention_mask)
-        names = list(engines)
-        for repeat in range(repeats):
-            seconds = dict.fromkeys(names, 0.0)
-            for index in range(len(workload.batches)):
-                # Engines take turns batch by batch, first place rotating, so load bursts hit them alike.
-                shift = (repeat + index) % len(names)
-                for name in names[shift:] + names[:shift]:
-                    inputs = prepared[name][index]
-                    start = time.perf_counter()
-                    engines[name][1](inputs)
-                    seconds[name] += time.perf_counter() - start
-            for name in names:
-                rows[name].tokens_per_second.append(workload.real_tokens / seconds[name])
-            speeds = ", ".join(f"{name} {workload.real_tokens / seconds[name]:.0f}" for name in names)
-            log(f"  {model_name} {workload.name} repeat {repeat + 1}/{repeats}: {speeds} tokens/s "
-                f"(load {load_average()})")
+        speeds = interleaved_speeds(engines, prepared, workload, repeats, log, f"{model_name} {workload.name}")
+        for name, values in speeds.items():
+            rows[name].tokens_per_second = values
         results.extend(rows.values())
     return results
+
+
+def interleaved_speeds(
+    engines: dict[str, Engine],
+    prepared: dict[str, list[object]],
+    workload: Workload,
+    repeats: int,
+    log: Callable[[str], None],
+    label: str,
+) -> dict[str, list[float]]:
+    """Real tokens per second of each engine, one value per repeat; engines take turns batch by batch."""
+    names = list(engines)
+    speeds: dict[str, list[float]] = {name: [] for name in names}
+    for repeat in range(repeats):
+        seconds = dict.fromkeys(names, 0.0)
+        for index in range(len(workload.batches)):
+            # First place rotates, so a burst of load on this shared machine hits every engine alike.
+            shift = (repeat + index) % len(names)
+            for name in names[shift:] + names[:shift]:
+                inputs = prepared[name][index]
+                start = time.perf_counter()
+                engines[name][1](inputs)
+                seconds[name] += time.perf_counter() - start
+        for name in names:
+            speeds[name].append(workload.real_tokens / seconds[name])
+        line = ", ".join(f"{name} {workload.real_tokens / seconds[name]:.0f}" for name in names)
+        log(f"  {label} repeat {repeat + 1}/{repeats}: {line} tokens/s (load {load_average()})")
+    return speeds
 
 
 def load_average() -> str:

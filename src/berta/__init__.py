@@ -7,6 +7,7 @@ Example:
 
 from berta.checkpoints.hf import load
 from berta.config import PRESETS, EncoderConfig
+from berta.inference.onnx_backend import OnnxModel
 from berta.inference.pipeline import Pipeline, pipeline
 from berta.model import (
     Encoder,
@@ -27,6 +28,7 @@ __all__ = [
     "EncoderOutput",
     "MaskedLM",
     "MultipleChoice",
+    "OnnxModel",
     "Pipeline",
     "QuestionAnswering",
     "SequenceClassifier",

@@ -156,7 +156,7 @@ def _add_field(parser: argparse._ActionsContainer, field: dataclasses.Field, hin
     help_text = field.metadata.get("help", "")
     origin = typing.get_origin(inner)
     kwargs: dict[str, Any] = {}
-    choices = _choices(hint)
+    choices = _choices(hint) or field.metadata.get("choices")
     if choices:
         kwargs["choices"] = choices
     if origin in (list, tuple, Sequence):

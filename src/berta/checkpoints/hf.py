@@ -197,14 +197,17 @@ def load(
     path: str | Path,
     task: str | None = None,
     id2label: dict[int, str] | None = None,
-    dtype: torch.dtype | None = None,
+    dtype: torch.dtype | str | None = None,
     device: str | torch.device | None = None,
+    quantize: str | None = None,
 ) -> nn.Module:
     """Load a model directory in the Hugging Face layout.
 
     The task model is the one `config.json`'s `architectures` names, unless `task` asks for another
     (a name in `berta.tasks.TASKS`); a new head is initialised and reported.
-    `id2label` sets the labels of a new classification or token-classification head.
+    `id2label` sets the labels of a new classification or token-classification head. `dtype` ("bfloat16",
+    torch.bfloat16, ...) casts the model; `quantize="int8"` runs its encoder layers in int8
+    (`berta.inference.quantize`).
 
     Example:
         >>> import tempfile
@@ -234,8 +237,14 @@ def load(
         log.info("%s: checkpoint tensors not used by a %s model: %s", directory, task, ", ".join(report.unused))
     model.load_report = report  # type: ignore[assignment]
     model.eval()
+    if quantize is not None:
+        from berta.inference.quantize import quantize as quantize_model
+
+        quantize_model(model, quantize)  # from the float32 weights, before any cast
     if dtype is not None or device is not None:
-        model.to(device=device, dtype=dtype)
+        from berta.inference.quantize import resolve_dtype
+
+        model.to(device=device, dtype=resolve_dtype(dtype))
     return model
 
 

@@ -77,6 +77,9 @@ class Task:
     needs_labels: ClassVar[bool] = False  # the head's size is the number of labels (id2label)
     methods: ClassVar[tuple[str, ...]] = ("embed",)  # what `berta.pipeline` serves for this task's models
     outputs: ClassVar[tuple[str, ...]] = ("logits",)
+    # The exported graph (berta export onnx): each output's dynamic axes, and the inputs' axes.
+    output_axes: ClassVar[Mapping[str, Mapping[int, str]]] = {"logits": {0: "batch"}}
+    input_axes: ClassVar[tuple[str, ...]] = ("batch", "seq")
     per_token: ClassVar[bool] = False
     max_length: int
 

@@ -18,3 +18,4 @@ class EncoderTask(Task):
     architecture_suffix = "Model"
     fine_tunable = False
     outputs = ("last_hidden_state",)
+    output_axes = {"last_hidden_state": {0: "batch", 1: "seq"}}

@@ -34,6 +34,7 @@ class MaskedLMTask(Task):
     architecture_suffix = "ForMaskedLM"
     methods = ("fill_mask",)
     fine_tunable = False
+    output_axes = {"logits": {0: "batch", 1: "seq"}}
     # Copies of the tied word embeddings that checkpoints carry; never loaded, never saved (as transformers saves).
     derived = ("cls.predictions.decoder.weight", "cls.predictions.decoder.bias",
                "lm_head.decoder.weight", "lm_head.decoder.bias")

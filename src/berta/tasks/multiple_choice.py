@@ -94,6 +94,8 @@ class MultipleChoiceTask(Task):
     default_max_length = 256  # RACE articles need more (RoBERTa: 512); --max-length raises it
     options = MultipleChoiceOptions
     outputs, per_token = ("logits",), False
+    output_axes = {"logits": {0: "batch", 1: "choices"}}
+    input_axes = ("batch", "choices", "seq")
 
     def __init__(self, tokenizer: Tokenizer, max_length: int = 256, options: MultipleChoiceOptions | None = None):
         self.tokenizer = tokenizer

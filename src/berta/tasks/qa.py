@@ -62,6 +62,7 @@ class QATask(Task):
     default_max_length = 384  # BERT's run_squad max_seq_length
     options = QAOptions
     outputs, per_token = ("start_logits", "end_logits"), True
+    output_axes = {"start_logits": {0: "batch", 1: "seq"}, "end_logits": {0: "batch", 1: "seq"}}
 
     @classmethod
     def from_options(cls, tokenizer: Tokenizer, options: Any, id2label: Mapping[int, str] | None = None,

@@ -140,6 +140,7 @@ class TokenTask(Task):
     default_max_length = 256  # CoNLL sentences fit; longer ones are the exception
     options = TokenOptions
     outputs, per_token = ("logits",), True
+    output_axes = {"logits": {0: "batch", 1: "seq"}}
 
     def __init__(
         self,
