@@ -233,3 +233,36 @@ def test_rejects_non_fp32(tmp_path: Path) -> None:
     model = berta.create(tiny_config("roberta"), "encoder").to(torch.bfloat16)
     with pytest.raises(ValueError, match="fp32 model"):
         export_onnx(model, tmp_path / "model.onnx")
+
+
+PIPELINE_CALLS = {
+    "encoder": lambda pipe: pipe.embed(SENTENCES).tolist(),
+    "masked-lm": lambda pipe: pipe.fill_mask(["Paris is the <mask> of France."], top_k=3),
+    "classification": lambda pipe: pipe.classify(SENTENCES, top_k=None),
+    "tokens": lambda pipe: pipe.tag(SENTENCES, aggregation="none"),
+    "qa": lambda pipe: pipe.answer(["What is Paris?"], [SENTENCES[2]], top_k=2),
+    "multiple-choice": lambda pipe: pipe.choose(SENTENCES[:2], [["yes", "no"], ["a cat", "a dog"]]),
+}
+
+
+def _close(a, b) -> bool:
+    if isinstance(a, dict):
+        return a.keys() == b.keys() and all(_close(a[k], b[k]) for k in a)
+    if isinstance(a, list):
+        return len(a) == len(b) and all(_close(x, y) for x, y in zip(a, b, strict=True))
+    if isinstance(a, float):
+        return abs(a - b) < TOLERANCE
+    return a == b
+
+
+@pytest.mark.parametrize("task", TASKS)
+def test_pipeline_on_an_exported_directory_equals_the_torch_pipeline(
+    exported: Callable[[str, str], tuple[Path, Path]], task: str
+) -> None:
+    source, output = exported("roberta", task)
+    torch_pipe, onnx_pipe = berta.pipeline(source), berta.pipeline(output)  # "auto": the graph's directory
+    assert isinstance(onnx_pipe.model, OnnxModel) and not isinstance(torch_pipe.model, OnnxModel)
+    expected, got = PIPELINE_CALLS[task](torch_pipe), PIPELINE_CALLS[task](onnx_pipe)
+    assert _close(got, expected), (got, expected)
+    with pytest.raises(ValueError, match="keeps the precision it was exported with"):
+        berta.pipeline(output, quantize="int8")

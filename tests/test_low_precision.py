@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import warnings
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -139,3 +140,15 @@ def test_rejects_unknown_names() -> None:
         resolve_dtype("int3")
     with pytest.raises(ValueError, match="unknown quantization 'int4'"):
         quantize(berta.create(berta.EncoderConfig.preset("tiny")), "int4")
+
+
+def test_pipeline_takes_quantize_and_a_quantized_model_refuses_to_save(tmp_path):
+    """`berta.pipeline(dir, quantize="int8")` on the real MiniLM: sentence-transformers' embeddings within the
+    int8 threshold; saving a quantized model says what to do instead of a KeyError."""
+    texts = ["A man is playing a guitar.", "The stock market fell sharply.", "Two dogs run on the beach."]
+    exact = berta.pipeline(minilm_directory()).embed(texts)
+    int8 = berta.pipeline(minilm_directory(), quantize="int8").embed(texts)
+    cosine = (exact * int8).sum(-1) / (np.linalg.norm(exact, axis=-1) * np.linalg.norm(int8, axis=-1))
+    assert cosine.min() >= 0.98 and cosine.mean() >= 0.99
+    with pytest.raises(ValueError, match="int8-quantized model is a runtime form"):
+        berta.load(minilm_directory(), quantize="int8").save(tmp_path / "q")

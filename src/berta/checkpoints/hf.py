@@ -279,6 +279,12 @@ def state_for_saving(model: nn.Module) -> dict[str, Tensor]:
     table = name_table(config, model.task, prefix)  # type: ignore[arg-type]
     tensors = {}
     for name, tensor in model.state_dict().items():
+        if name not in table:
+            raise ValueError(
+                f"berta parameter {name} has no Hugging Face name: an int8-quantized model is a runtime form and "
+                "is not saved; save the float model (load without quantize), or export one with `berta export onnx "
+                "--quantize int8`"
+            )
         their_names = table[name]
         for their_name, part in zip(their_names, tensor.detach().chunk(len(their_names)), strict=True):
             tensors[their_name] = part.contiguous()

@@ -623,25 +623,35 @@ def pipeline(
     device: str | torch.device = "auto",
     dtype: str | torch.dtype | None = None,
     batch_size: int = 32,
-    backend: str = "torch",
+    backend: str = "auto",
+    quantize: str | None = None,
 ) -> Pipeline:
     """The prediction pipeline of a model directory (its task from `config.json`, its tokenizer beside it).
 
     `device="auto"` takes the GPU when there is one; `dtype` ("bfloat16", "float16") casts the weights;
-    `backend="onnx"` runs an exported model (`berta export onnx`) in onnxruntime instead.
+    `quantize="int8"` runs the encoder layers in int8 (`berta.inference.quantize`); `backend="onnx"` runs an
+    exported model (`berta export onnx`) in onnxruntime instead, and "auto" does so for a directory that holds
+    `model.onnx` and no PyTorch weights.
 
     Example:
         >>> pipe = berta.pipeline("runs/sst2/model")  # doctest: +SKIP
         >>> pipe.classify(["a gem"], top_k=None)  # doctest: +SKIP
     """
-    if backend not in ("torch", "onnx"):
-        raise ValueError(f"backend {backend!r} is not one of ('torch', 'onnx')")
-    from berta.checkpoints.hf import _resolve_directory, load
+    if backend not in ("auto", "torch", "onnx"):
+        raise ValueError(f"backend {backend!r} is not one of ('auto', 'torch', 'onnx')")
+    from berta.checkpoints.hf import PICKLE_WEIGHTS_NAME, WEIGHTS_NAME, _resolve_directory, load
+    from berta.inference.export import GRAPH_NAME
 
     directory = _resolve_directory(path)  # a hub id becomes its downloaded directory, for weights and tokenizer
+    if backend == "auto":
+        torch_weights = any((directory / name).is_file() for name in (WEIGHTS_NAME, PICKLE_WEIGHTS_NAME))
+        backend = "onnx" if (directory / GRAPH_NAME).is_file() and not torch_weights else "torch"
     if backend == "torch":
-        model = load(directory, device=resolve_device(device), dtype=resolve_dtype(dtype))
+        model = load(directory, device=resolve_device(device), dtype=resolve_dtype(dtype), quantize=quantize)
     else:
+        if dtype is not None or quantize is not None:
+            raise ValueError(f"{directory}: an ONNX graph keeps the precision it was exported with; export it "
+                             "with `berta export onnx --quantize int8` instead of passing dtype/quantize")
         from berta.inference.onnx_backend import OnnxModel
 
         model = OnnxModel(directory)

@@ -23,7 +23,7 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, Literal, TextIO
 
 import numpy as np
 
@@ -57,6 +57,13 @@ class PredictSettings:
     limit: int | None = field(default=None, metadata={"help": "predict only the first N inputs"})
     batch_size: int = field(default=32, metadata={"help": "inputs per model call"})
     dtype: str | None = field(default=None, metadata={"help": "bfloat16 or float16 weights (default: as saved)"})
+    quantize: Literal["int8"] | None = field(
+        default=None, metadata={"help": "int8: the encoder layers in int8 (per-channel weights, per-token activations)"}
+    )
+    backend: Literal["auto", "torch", "onnx"] = field(
+        default="auto", metadata={"help": "onnx runs an exported graph (berta export onnx); auto: onnx for such a "
+                                          "directory"}
+    )
     device: str = field(default="auto", metadata={"help": "auto, cpu, cuda, cuda:1, ..."})
     skip_errors: bool = field(default=False, metadata={"help": "count and skip malformed lines instead of stopping"})
     progress: bool = field(default=True, metadata={"help": "show a progress bar on larger inputs"})
@@ -262,7 +269,8 @@ def predict(settings: PredictSettings) -> dict[str, Any]:
         raise ValueError("--input - (stdin) cannot be read by several ranks; give a file")
     # Under torchrun "auto" and "cuda" mean this rank's GPU (LOCAL_RANK), which resolve_device picks.
     device = "auto" if world_size > 1 and settings.device == "cuda" else settings.device
-    pipe = pipeline(settings.model, device=device, dtype=settings.dtype, batch_size=settings.batch_size)
+    pipe = pipeline(settings.model, device=device, dtype=settings.dtype, batch_size=settings.batch_size,
+                    backend=settings.backend, quantize=settings.quantize)
     method = settings.method or pipe.methods()[0].replace("_", "-")
     if method.replace("-", "_") not in pipe.methods():
         raise ValueError(f"--method {method}: this {pipe.task} model serves {', '.join(pipe.methods())}")

@@ -33,7 +33,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -56,8 +56,13 @@ class ServeSettings:
     port: int = field(default=8000, metadata={"help": "TCP port"})
     device: str = field(default="auto", metadata={"help": "auto, cpu, cuda, cuda:1, ..."})
     dtype: str | None = field(default=None, metadata={"help": "bfloat16 or float16 weights (default: as saved)"})
-    backend: str = field(default="torch", metadata={"help": "torch, or onnx for an exported model",
-                                                    "choices": ["torch", "onnx"]})
+    quantize: Literal["int8"] | None = field(
+        default=None, metadata={"help": "int8: the encoder layers in int8 (per-channel weights, per-token activations)"}
+    )
+    backend: Literal["auto", "torch", "onnx"] = field(
+        default="auto", metadata={"help": "onnx runs an exported graph (berta export onnx); auto: onnx for such a "
+                                          "directory"}
+    )
     max_batch_tokens: int = field(default=16384, metadata={"help": "most tokens in one model batch"})
     max_batch_size: int = field(default=64, metadata={"help": "most inputs in one model batch"})
     max_wait_ms: float = field(default=2.0, metadata={"help": "how long a batch waits for more requests (0: none)"})
@@ -375,7 +380,7 @@ class Server:
             settings = dataclasses.replace(settings, api_key=os.environ[API_KEY_ENVIRONMENT])
         self.settings = settings
         self.pipe = pipeline(settings.model, device=settings.device, dtype=settings.dtype,
-                             batch_size=settings.max_batch_size, backend=settings.backend)
+                             batch_size=settings.max_batch_size, backend=settings.backend, quantize=settings.quantize)
         self.metrics = Metrics()
         metrics = self.metrics
         metrics.describe("berta_requests_total", "counter", "HTTP requests by route and status")
