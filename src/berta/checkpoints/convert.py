@@ -19,8 +19,10 @@ from typing import Literal
 
 import torch
 
+from berta.checkpoints.hf import load
 from berta.checkpoints.reference import SAMPLE_SENTENCES, ReferenceWeights, parity
 from berta.io import atomic_directory
+from berta.tokenizer import Tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -71,24 +73,22 @@ def check(model: torch.nn.Module, weights: ReferenceWeights, tokenizer, settings
 
 
 def _fairseq_to_berta(settings: ConvertSettings, output: Path) -> dict[str, float]:
-    import berta
     from berta.checkpoints import fairseq
 
     checkpoint = fairseq.read(settings.source)
     head = fairseq.choose_head(checkpoint, settings.head)
     fairseq.write_berta(checkpoint, output, head, settings.labels)
-    model = berta.load(output)
-    tokenizer = berta.Tokenizer.from_pretrained(output)
+    model = load(output)
+    tokenizer = Tokenizer.from_pretrained(output)
     return check(model, fairseq.reference_weights(checkpoint, head), tokenizer, settings,
                  f"{settings.source} -> {settings.output}")
 
 
 def _berta_to_fairseq(settings: ConvertSettings, source: Path, output: Path) -> dict[str, float]:
-    import berta
     from berta.checkpoints import fairseq
     from berta.checkpoints.hf import state_for_saving
 
-    model = berta.load(source)
+    model = load(source)
     config = model.config
     if config.family == "bert":
         raise ValueError(f"{source}: a BERT model; fairseq releases hold RoBERTa-family encoders "
@@ -100,12 +100,12 @@ def _berta_to_fairseq(settings: ConvertSettings, source: Path, output: Path) -> 
     tensors = state_for_saving(model)
     if task != "masked-lm":
         # fairseq's RobertaModel always has an LM head; a new one is initialised (and logged by berta.load).
-        tensors = {**state_for_saving(berta.load(source, task="masked-lm")), **tensors}
+        tensors = {**state_for_saving(load(source, task="masked-lm")), **tensors}
     if task == "classification":
         head = DEFAULT_HEAD_NAME if settings.head in ("auto", "lm") else settings.head
     tensors = {name if name.startswith(("roberta.", "lm_head.", "classifier.")) else f"roberta.{name}": tensor
                for name, tensor in tensors.items()}
-    tokenizer = berta.Tokenizer.from_pretrained(source)
+    tokenizer = Tokenizer.from_pretrained(source)
     fairseq.write_release(tensors, config, tokenizer, source, output, settings.fairseq_naming, head)
     written = fairseq.read(output)
     reread = fairseq.tokenizer_of(written)
@@ -114,27 +114,25 @@ def _berta_to_fairseq(settings: ConvertSettings, source: Path, output: Path) -> 
             raise ValueError(f"{output}: the written dict.txt and BPE files tokenize {sentence!r} differently from "
                              f"{source}'s tokenizer; nothing was written")
     if task == "encoder":
-        model = berta.load(source, task="masked-lm")  # compare the LM head that was written too
+        model = load(source, task="masked-lm")  # compare the LM head that was written too
     return check(model, fairseq.reference_weights(written, head), tokenizer, settings, f"{source} -> {output}")
 
 
 def _tf_to_berta(settings: ConvertSettings, output: Path) -> dict[str, float]:
-    import berta
     from berta.checkpoints import tf
 
     checkpoint = tf.read(settings.source)
     tf.write_berta(checkpoint, output)
-    model = berta.load(output)
-    tokenizer = berta.Tokenizer.from_pretrained(output)
+    model = load(output)
+    tokenizer = Tokenizer.from_pretrained(output)
     return check(model, tf.reference_weights(checkpoint), tokenizer, settings, f"{settings.source} -> {output}")
 
 
 def _berta_to_tf(settings: ConvertSettings, source: Path, output: Path) -> dict[str, float]:
-    import berta
     from berta.checkpoints import tf
 
-    model = berta.load(source)
-    tokenizer = berta.Tokenizer.from_pretrained(source)
+    model = load(source)
+    tokenizer = Tokenizer.from_pretrained(source)
     tf.write_checkpoint(model, tokenizer, output)
     written = tf.read(output)
     return check(model, tf.reference_weights(written), tokenizer, settings, f"{source} -> {output}")

@@ -473,7 +473,7 @@ def read(directory: str | Path) -> FairseqCheckpoint:
 
     Example:
         >>> checkpoint = read("roberta.base")  # doctest: +SKIP
-        >>> checkpoint.family, checkpoint.naming, checkpoint.num_layers
+        >>> checkpoint.family, checkpoint.naming, checkpoint.num_layers  # doctest: +SKIP
         ('roberta', '2019', 12)
     """
     directory = Path(directory)

@@ -214,7 +214,7 @@ def read(directory: str | Path) -> TFCheckpoint:
 
     Example:
         >>> checkpoint = read("uncased_L-12_H-768_A-12")  # doctest: +SKIP
-        >>> checkpoint.get("bert/embeddings/word_embeddings").shape
+        >>> checkpoint.get("bert/embeddings/word_embeddings").shape  # doctest: +SKIP
         (30522, 768)
     """
     directory = Path(directory)
