@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import torch
 
 from berta.tokenizer import Tokenizer
 
@@ -28,3 +31,28 @@ def roberta() -> Tokenizer:
 def bert() -> Tokenizer:
     """MiniLM's WordPiece tokenizer."""
     return Tokenizer.from_pretrained(minilm_directory())
+
+
+@contextlib.contextmanager
+def torch_threads(count: int) -> Iterator[None]:
+    """`count` intra-op threads inside the block (as in the subprocesses, so "the same" can mean bit for bit)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def one_thread() -> Iterator[None]:
+    """One intra-op thread for the test; restored after."""
+    with torch_threads(1):
+        yield
+
+
+@pytest.fixture(scope="module")
+def one_thread_per_module() -> Iterator[None]:
+    """One intra-op thread for a whole test file (`pytestmark = pytest.mark.usefixtures(...)`); restored after."""
+    with torch_threads(1):
+        yield

@@ -32,12 +32,6 @@ ENVIRONMENT = dict(os.environ, PYTHONPATH=str(ROOT / "src"), OMP_NUM_THREADS="1"
 INTERRUPTED = re.compile(r"^berta: interrupted at step (\d+); saved; run the same command to resume$")
 
 
-@pytest.fixture
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def interrupt_job(command: list[str], run: Path, signal_number: int, after_records: int = 2) -> int:

@@ -88,13 +88,6 @@ def assert_same_weights(first: dict, second: dict, tolerance: float) -> None:
     assert worst <= tolerance, f"largest weight difference {worst:.3g} > {tolerance}"
 
 
-@pytest.fixture
-def one_thread():
-    """One intra-op thread, as in the subprocesses, so that "the same" can mean bit for bit; restored after."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def losses(run_dir: Path) -> dict[int, float]:

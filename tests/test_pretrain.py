@@ -47,13 +47,6 @@ def corpus(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     return root / "data", tokenizer
 
 
-@pytest.fixture
-def one_thread():
-    """One intra-op thread, as in the subprocesses, so that "the same" can mean bit for bit; restored after."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def records(run: Path) -> list[dict]:
