@@ -94,11 +94,11 @@ def test_input_formats_give_the_same_tokens(tmp_path: Path, tok: Tokenizer) -> N
     assert samples[0] == samples[1] == samples[2]
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"text": "fine"}\n{"title": "no text"}\n')
-    with pytest.raises(ValueError, match=r"bad.jsonl:2: expected a string field 'text'"):
+    with pytest.raises(ValueError, match=r"bad.jsonl line 2: no string field 'text' \(--text-field\)"):
         prepare(_settings([bad], tmp_path / "bad"))
     latin1 = tmp_path / "latin1.txt"
     latin1.write_bytes("ok\ncaf\xe9\n".encode("latin-1"))
-    with pytest.raises(ValueError, match=r"latin1.txt:2: not UTF-8"):
+    with pytest.raises(ValueError, match=r"latin1.txt line 2: not valid utf-8"):
         prepare(_settings([latin1], tmp_path / "latin1"))
 
 

@@ -181,8 +181,8 @@ def test_read_conll_tab_separated_tokens_with_spaces(tmp_path):
     [
         ("EU B-ORG\nrejects\n", {}, "line 2: 1 fields, expected 2 as on line 1: 'rejects'"),
         ("EU NNP B-ORG\n\nx y\n", {}, "line 3: 2 fields, expected 3 as on line 1"),
-        ("EU B-ORG\n", {"tag_column": 3}, "line 1: tag_column=3 but the line has 2 fields"),
-        ("EU\n", {}, "token_column=0 and tag_column=-1 are the same column of 1"),
+        ("EU B-ORG\n", {"tag_column": 3}, "line 1: tag column 3 but the line has 2 fields"),
+        ("EU\n", {}, "line 1: 1 field per line, expected a token and its tag (token column 0, tag column -1)"),
         ("-DOCSTART- O\n\n", {}, "no sentences"),
     ],
 )

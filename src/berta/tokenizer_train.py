@@ -1,6 +1,7 @@
 """`berta tokenizer train`: train a byte-level BPE (RoBERTa), Unigram (XLM-R) or WordPiece (BERT) vocabulary.
 
-Text streams from plain text, JSONL (one field) or gzip files, one line at a time, so memory depends on the
+Text streams (through `berta.io.texts`) from plain text or JSON Lines (one field), compressed or not, one line
+at a time, so memory depends on the
 vocabulary's word counts, not on the corpus size. With several files, each file is one language and lines are
 resampled with XLM-R's exponent (Conneau et al. 2020, section 3.1: q_i ∝ p_i^α, α = 0.3) so small languages are
 not drowned by large ones. The saved directory holds the family's special tokens and template and loads in both
@@ -9,15 +10,15 @@ not drowned by large ones. The saved directory holds the family's special tokens
 
 from __future__ import annotations
 
-import gzip
 import io
-import json
 import random
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from berta.data.masking import language_sampling_probabilities
+from berta.io import check_file, texts
 from berta.tokenizer import SpecialTokens, Tokenizer
 
 FAMILY_OF_TYPE = {"bpe": "roberta", "unigram": "xlm-roberta", "wordpiece": "bert"}
@@ -36,6 +37,7 @@ class TokenizerTrainSettings:
     vocab_size: int = field(default=50265, metadata={
         "help": "vocabulary size, special tokens included (roberta-base: 50265, xlm-roberta: 250002, bert: 30522)"})
     text_field: str = field(default="text", metadata={"help": "the field holding the text in JSONL files"})
+    encoding: str = field(default="utf-8", metadata={"help": "text encoding of the input files"})
     min_frequency: int = field(default=2, metadata={"help": "BPE / WordPiece: least count of a merged pair"})
     alpha: float = field(default=0.3, metadata={"help": "language sampling exponent (XLM-R: 0.3; 1.0 = as is)"})
     lowercase: bool = field(default=True, metadata={"help": "WordPiece: lower-case and strip accents (uncased)"})
@@ -45,42 +47,21 @@ class TokenizerTrainSettings:
     progress: bool = field(default=True, metadata={"help": "show progress bars"})
 
 
-def read_lines(path: Path, text_field: str = "text") -> Iterator[str]:
-    """Stream the non-empty lines of a text, JSONL (`text_field`) or gzip file, decoded as strict UTF-8.
+def read_lines(path: Path, text_field: str = "text", encoding: str = "utf-8") -> Iterator[str]:
+    """Stream the non-empty lines of a text file, or the `text_field` of each JSON Lines object (`berta.io.texts`:
+    `.jsonl` / `.ndjson`, any compression).
 
-    Invalid UTF-8, invalid JSON or a missing field raise ValueError naming the file and line.
+    Invalid text, invalid JSON or a missing field raise ValueError naming the file and line.
     Example: `for line in read_lines(Path("corpus.jsonl.gz"), "text"): ...`.
     """
-    suffixes = [s.lower() for s in path.suffixes]
-    is_json = ".jsonl" in suffixes or ".json" in suffixes
-    opener = gzip.open if suffixes and suffixes[-1] == ".gz" else open
-    try:
-        handle = opener(path, "rb")
-    except OSError as error:
-        raise FileNotFoundError(f"{path}: cannot open: {error.strerror or error}") from error
-    with handle:
-        for number, raw in enumerate(handle, start=1):
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError as error:
-                raise ValueError(f"{path}:{number}: invalid UTF-8 at byte {error.start} of the line") from error
-            if is_json:
-                if not line.strip():
-                    continue
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError as error:
-                    raise ValueError(f"{path}:{number}: invalid JSON: {error.msg}") from error
-                if not isinstance(record, dict) or not isinstance(record.get(text_field), str):
-                    raise ValueError(f"{path}:{number}: no string field {text_field!r} (set --text-field)")
-                line = record[text_field]
-            line = line.rstrip("\r\n")
-            if line.strip():
-                yield line
+    for _, text in texts(path, text_field, encoding):
+        if text.strip():
+            yield text
 
 
 def sampling_rates(line_counts: dict[Path, int], alpha: float) -> dict[Path, float]:
-    """How many times each language's lines are used, so language i makes up q_i ∝ p_i^α of the total.
+    """How many times each language's lines are used, so language i makes up q_i ∝ p_i^α of the total
+    (`berta.data.masking.language_sampling_probabilities`, the one α-sampling function).
 
     The total stays the corpus size: large languages are subsampled (rate < 1), small ones repeated (rate > 1).
     Example: `sampling_rates({en: 900, sw: 100}, 0.3)` -> {en: ~0.72, sw: ~3.5}.
@@ -88,9 +69,8 @@ def sampling_rates(line_counts: dict[Path, int], alpha: float) -> dict[Path, flo
     total = sum(line_counts.values())
     if total == 0:
         raise ValueError("the input files hold no text")
-    weights = {p: (n / total) ** alpha for p, n in line_counts.items() if n > 0}
-    norm = sum(weights.values())
-    return {p: (weights[p] / norm) * total / n if n else 0.0 for p, n in line_counts.items()}
+    shares = language_sampling_probabilities(line_counts, alpha)
+    return {p: shares[p] * total / n if n else 0.0 for p, n in line_counts.items()}
 
 
 def sampled_lines(settings: TokenizerTrainSettings) -> tuple[Iterator[str], int]:
@@ -100,14 +80,14 @@ def sampled_lines(settings: TokenizerTrainSettings) -> tuple[Iterator[str], int]
     """
     files = list(settings.files)
     for path in files:
-        if not path.is_file():
-            raise FileNotFoundError(f"{path}: no such input file")
+        check_file(path, "input file")
     if len(files) == 1 or settings.alpha == 1.0:
         counts = {p: 1 for p in files}
         rates = {p: 1.0 for p in files}
         expected = 0
     else:
-        counts = {p: sum(1 for _ in read_lines(p, settings.text_field)) for p in files}  # a first streaming pass
+        # a first streaming pass
+        counts = {p: sum(1 for _ in read_lines(p, settings.text_field, settings.encoding)) for p in files}
         rates = sampling_rates(counts, settings.alpha)
         expected = round(sum(counts[p] * rates[p] for p in files))
     generator = random.Random(settings.seed)
@@ -116,7 +96,7 @@ def sampled_lines(settings: TokenizerTrainSettings) -> tuple[Iterator[str], int]
         for path in files:
             rate = rates[path]
             whole, fraction = int(rate), rate - int(rate)
-            for line in read_lines(path, settings.text_field):
+            for line in read_lines(path, settings.text_field, settings.encoding):
                 for _ in range(whole + (generator.random() < fraction)):
                     yield line
 

@@ -33,7 +33,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from berta import tasks
+from berta import io, tasks
 from berta.checkpoints.hf import load
 from berta.config import ProblemType
 from berta.device import resolve_device
@@ -224,7 +224,7 @@ def finetune(settings: FinetuneSettings) -> dict[str, Any]:
                                            suffix=f"-{language}", write_results=False)
         report["languages"] = table
         print(language_table(table, main_metric(task)))
-    (settings.output / "eval_results.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    io.atomic_write_json(settings.output / "eval_results.json", report)
     log.info("validation (%d examples): %s; report in %s", report["examples"],
              {k: round(v, 4) for k, v in _scalars(report).items() if k != "examples"}, settings.output)
     return report
@@ -275,16 +275,15 @@ def write_report(task: Any, model: nn.Module, examples: list, output: Path, batc
     predictions = task.predict(model, examples, batch_size)
     result = task.score(examples, predictions)
     result["examples"] = len(examples)
-    with open(output / f"predictions{suffix}.jsonl", "w", encoding="utf-8") as handle:
-        for row in task.records(examples, predictions):
-            handle.write(json.dumps(row, ensure_ascii=False) + "\n")
+    io.atomic_write_text(output / f"predictions{suffix}.jsonl", "".join(
+        json.dumps(row, ensure_ascii=False) + "\n" for row in task.records(examples, predictions)))
     if task.name == "classification" and task.problem_type == "single_label_classification":
         plot_confusion_matrix(
             [p["label"] for p in predictions], [e.label for e in examples], list(task.id2label.values()),
             output / f"confusion_matrix{suffix}.png",
         )
     if write_results:
-        (output / "eval_results.json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+        io.atomic_write_json(output / "eval_results.json", result)
     return result
 
 
