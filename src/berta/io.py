@@ -165,7 +165,7 @@ def texts(path: str | Path, text_field: str = "text", encoding: str = "utf-8") -
     Example:
         >>> import tempfile, pathlib
         >>> file = pathlib.Path(tempfile.mkdtemp()) / "docs.jsonl"
-        >>> _ = file.write_text('{"text": "a b"}\n{"body": "c"}\n')
+        >>> _ = file.write_text('{"text": "a b"}\\n{"body": "c"}\\n')
         >>> list(texts(file))
         Traceback (most recent call last):
         ...
