@@ -335,7 +335,7 @@ def test_masked_positions_score_only_selected_tokens(tmp_path):
 def test_new_head_on_pretrained_encoder_is_initialised_and_reported(tmp_path, caplog):
     hf_model("roberta", "masked-lm").save_pretrained(tmp_path)
     with caplog.at_level("WARNING"):
-        model = berta.load(tmp_path, task="classification", id2label={0: "neg", 1: "pos"})
+        model = berta.load(tmp_path, task="classification", id2label={0: "neg", 1: "pos"}, new_head="init")
     assert sorted(model.load_report.initialised) == [
         "head.dense.bias",
         "head.dense.weight",

@@ -12,6 +12,7 @@ import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import torch
 from safetensors import SafetensorError
@@ -199,12 +200,14 @@ def load(
     id2label: dict[int, str] | None = None,
     dtype: torch.dtype | None = None,
     device: str | torch.device | None = None,
+    new_head: Literal["error", "init"] = "error",
 ) -> nn.Module:
     """Load a model directory in the Hugging Face layout.
 
     The task model is the one `config.json`'s `architectures` names, unless `task` asks for another
-    (a name in `berta.tasks.TASKS`); a new head is initialised and reported.
-    `id2label` sets the labels of a new classification or token-classification head.
+    (a name in `berta.tasks.TASKS`). A head the checkpoint does not hold is an error naming the checkpoint's
+    architecture, unless `new_head="init"` (what fine-tuning and pretraining do): then it is initialised and
+    reported. `id2label` sets the labels of a new classification or token-classification head.
 
     Example:
         >>> model = load("runs/sst2/model")  # doctest: +SKIP
@@ -225,6 +228,11 @@ def load(
     tensors = read_weights(directory)
     model = tasks.create(config, task)
     report = load_state(model, tensors, str(directory))
+    if report.initialised and new_head != "init":
+        saved = architectures[0] if architectures else architecture_name(config, "encoder")
+        how = "train one with `berta pretrain`" if task == "masked-lm" else f"`berta finetune --task {task}` trains one"
+        raise ValueError(f"{directory}: a {saved} checkpoint has no trained {task} head "
+                         f"({', '.join(report.initialised)}); {how}")
     if report.initialised:
         log.warning("%s: new %s head initialised: %s", directory, task, ", ".join(report.initialised))
     if report.unused:

@@ -38,5 +38,7 @@ def fill_mask(settings: FillMaskSettings) -> list[list[list[dict[str, Any]]]]:
             if len(masks) > 1:
                 print(f"  mask {number}:")
             for rank, filler in enumerate(fillers, start=1):
-                print(f"  {rank:>3}. {filler['token_str'].strip()!r:<20} {filler['score']:.4f}")
+                # The token as text with its leading space (' the', as transformers shows it): stripping it would
+                # show a word piece and a whole word alike, and a lone space token as ''.
+                print(f"  {rank:>3}. {filler['token_str']!r:<20} {filler['score']:.4f}")
     return results

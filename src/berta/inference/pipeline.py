@@ -182,8 +182,11 @@ class Pipeline:
     def _require(self, method: str) -> None:
         if method not in self.methods():
             serving = [name for name, methods in TASK_METHODS.items() if method in methods]
+            architecture = (getattr(self.config, "extra", {}).get("architectures") or [self.task])[0]
+            source = f"{self.directory} is" if self.directory else "it is"
             raise TaskMismatchError(
-                f"{method} needs a {' or '.join(serving)} model, but this model's task is {self.task!r} "
+                f"{method} needs a {' or '.join(serving)} model, but this model's task is {self.task!r}: {source} "
+                f"a {architecture} checkpoint, without a trained {' or '.join(serving)} head "
                 f"(it serves: {', '.join(self.methods()) or 'nothing'})"
             )
 

@@ -182,7 +182,7 @@ def finetune(settings: FinetuneSettings) -> dict[str, Any]:
              len(validation_examples), f", labels {list(id2label.values())}" if id2label else "")
 
     torch.manual_seed(settings.seed)  # the new head's initialisation is part of what the seed fixes
-    model = load(settings.model, task=settings.task, id2label=id2label)
+    model = load(settings.model, task=settings.task, id2label=id2label, new_head="init")
     _fit_length(task, model, settings.max_length)
     task.configure_model(model)
     if settings.freeze_embeddings:

@@ -163,7 +163,7 @@ def build_model(name_or_path: str, tokenizer: Any, block_size: int, seed: int = 
     import berta
 
     if Path(name_or_path).is_dir():
-        model = berta.load(name_or_path, task="masked-lm")
+        model = berta.load(name_or_path, task="masked-lm", new_head="init")  # continued pretraining may add one
         config = model.config
         if config.vocab_size != len(tokenizer):
             raise ValueError(

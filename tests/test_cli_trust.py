@@ -1,0 +1,64 @@
+"""Runs a user can trust (issue 9): a missing head refuses, metrics take keywords, saved models carry their
+tokenizer, skipped SQuAD answers are counted, inputs and numbers are checked before any work, and the CLI
+speaks one language. References: transformers' fill-mask pipeline and AutoTokenizer, sentence-transformers."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import minilm_directory
+
+import berta
+from berta.cli import main
+from berta.tokenizer import Tokenizer
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def tiny_masked_lm(directory: Path) -> Path:
+    """A tiny RoBERTa masked LM with its tokenizer, head weights spread so that predictions differ."""
+    tokenizer = Tokenizer.from_pretrained("roberta")
+    torch.manual_seed(0)
+    model = berta.create(berta.EncoderConfig.preset("tiny").replace(vocab_size=len(tokenizer)), "masked-lm")
+    model.save(directory)
+    tokenizer.save(directory)
+    return directory
+
+
+# ------------------------------------------------------------------------------------------ missing heads
+
+
+def test_fill_mask_on_a_sentence_encoder_refuses_naming_its_architecture(capsys):
+    with pytest.raises(SystemExit, match=r"fill_mask needs a masked-lm model.*a BertModel checkpoint") as exit_:
+        main(["fill-mask", "--model", str(minilm_directory()), "Paris is the [MASK] of France."])
+    assert "\n" not in str(exit_.value)
+    assert capsys.readouterr().out == ""  # no guesses printed
+
+
+def test_load_with_a_head_the_checkpoint_lacks_refuses_unless_asked_to_initialise():
+    with pytest.raises(ValueError, match=r"a BertModel checkpoint has no trained masked-lm head"):
+        berta.load(minilm_directory(), task="masked-lm")
+    with pytest.raises(ValueError, match=r"a BertModel checkpoint has no trained classification head"):
+        berta.load(minilm_directory(), task="classification", id2label={0: "a", 1: "b"})
+    model = berta.load(minilm_directory(), task="classification", id2label={0: "a", 1: "b"}, new_head="init")
+    assert model.load_report.initialised == ["head.classifier.weight", "head.classifier.bias"]
+
+
+def test_fill_mask_prints_tokens_with_their_leading_space(tmp_path, capsys):
+    from transformers import pipeline as hf_pipeline
+
+    directory = tiny_masked_lm(tmp_path / "mlm")
+    text = "The capital of France is <mask>."
+    main(["fill-mask", "--model", str(directory), "--top-k", "5", text])
+    printed = [line.split(maxsplit=1)[1].rsplit(maxsplit=1)[0] for line in capsys.readouterr().out.splitlines()[1:]]
+    reference = hf_pipeline("fill-mask", model=str(directory), device="cpu")(text, top_k=5)
+    assert printed == [repr(r["token_str"]) for r in reference]
+    assert "''" not in printed
