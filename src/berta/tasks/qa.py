@@ -225,13 +225,14 @@ class QATask(Task):
         null threshold (`best_f1_thresh`, in the units of `no_answer_score`)."""
         references = {e.id: [text for text, _ in e.answers] for e in examples}
         if not self.with_null_answer:
-            return metrics.squad({e.id: p["answer"] for e, p in zip(examples, predictions, strict=True)}, references,
-                                 version="1.1")
+            answers = {e.id: p["answer"] for e, p in zip(examples, predictions, strict=True)}
+            return metrics.squad(predictions=answers, references=references, version="1.1")
         # The scripts take the best non-null span and decide "no answer" from the no-answer scores, so the best
         # threshold can be searched; with `null_threshold` this gives the same answers as `answer`.
         spans = {e.id: p["best_span"] for e, p in zip(examples, predictions, strict=True)}
         scores = {e.id: _finite(p["no_answer_score"]) for e, p in zip(examples, predictions, strict=True)}
-        return metrics.squad(spans, references, scores, threshold=self.null_threshold, version="2.0")
+        return metrics.squad(predictions=spans, references=references, no_answer_probabilities=scores,
+                             threshold=self.null_threshold, version="2.0")
 
     def records(self, examples: Sequence[QAExample], predictions: Sequence[dict]) -> list[dict[str, Any]]:
         """One JSON-ready row per question: id, question, gold answers and the prediction."""

@@ -301,7 +301,7 @@ class TokenTask(Task):
         if self.scheme is None:
             pairs = [(p, g) for ps, gs in zip(predicted, gold, strict=True) for p, g in zip(ps, gs, strict=True)]
             return {"accuracy": sum(p == g for p, g in pairs) / len(pairs), "number": len(pairs)}
-        return metrics.entities(predicted, gold, scheme=self.scheme)
+        return metrics.entities(predictions=predicted, references=gold, scheme=self.scheme)
 
     def records(self, sentences: Sequence[Sentence], predictions: Sequence[dict]) -> list[dict[str, Any]]:
         """One JSON-ready row per sentence: line, words, gold tags and the prediction."""
