@@ -62,3 +62,35 @@ def test_fill_mask_prints_tokens_with_their_leading_space(tmp_path, capsys):
     reference = hf_pipeline("fill-mask", model=str(directory), device="cpu")(text, top_k=5)
     assert printed == [repr(r["token_str"]) for r in reference]
     assert "''" not in printed
+
+
+# ------------------------------------------------------------------------------------- save carries files
+
+
+def test_a_loaded_model_saves_its_tokenizer_and_sentence_transformers_files(tmp_path):
+    from sentence_transformers import SentenceTransformer
+    from transformers import AutoTokenizer
+
+    source = minilm_directory()
+    model = berta.load(source)
+    model.save(tmp_path / "copy")
+    for name in ("tokenizer.json", "vocab.txt", "modules.json", "sentence_bert_config.json", "1_Pooling/config.json"):
+        assert (tmp_path / "copy" / name).read_bytes() == (source / name).read_bytes(), name
+    text = "Zoë flew from Reykjavík to New York."
+    assert AutoTokenizer.from_pretrained(tmp_path / "copy")(text)["input_ids"] == \
+        AutoTokenizer.from_pretrained(source)(text)["input_ids"]
+    ours = SentenceTransformer(str(tmp_path / "copy"), device="cpu").encode([text])
+    reference = SentenceTransformer(str(source), device="cpu").encode([text])
+    assert abs(ours - reference).max() < 1e-5
+
+
+def test_a_model_from_scratch_saved_without_a_tokenizer_warns(tmp_path):
+    model = berta.create(berta.EncoderConfig.preset("tiny"), "masked-lm")
+    with pytest.warns(UserWarning, match=r"saved a model without a tokenizer"):
+        model.save(tmp_path / "bare")
+    Tokenizer.from_pretrained("roberta").save(tmp_path / "with")
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        model.save(tmp_path / "with")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -238,6 +239,7 @@ def load(
     if report.unused:
         log.info("%s: checkpoint tensors not used by a %s model: %s", directory, task, ", ".join(report.unused))
     model.load_report = report  # type: ignore[assignment]
+    model.source_directory = directory  # type: ignore[assignment]  # `save` copies its tokenizer from here
     model.eval()
     if dtype is not None or device is not None:
         model.to(device=device, dtype=dtype)
@@ -281,10 +283,43 @@ def state_for_saving(model: nn.Module) -> dict[str, Tensor]:
     return tensors
 
 
+# The files of a tokenizer (transformers' and SentencePiece's), and of a sentence-transformers model around the
+# encoder: `save` copies them from the directory a model was loaded from, so the saved directory opens the same.
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
+                   "vocab.txt", "vocab.json", "merges.txt", "sentencepiece.bpe.model", "spiece.model")
+SENTENCE_TRANSFORMERS_FILES = ("modules.json", "sentence_bert_config.json", "config_sentence_transformers.json")
+
+
+def _copy_companions(source: Path, directory: Path, sentence_transformers: bool) -> None:
+    names = [name for name in TOKENIZER_FILES if (source / name).is_file()]
+    if sentence_transformers and (source / "modules.json").is_file():
+        names += [name for name in SENTENCE_TRANSFORMERS_FILES if (source / name).is_file()]
+        for module in io.read_json(source / "modules.json"):
+            module_path = str(module.get("path", "")) if isinstance(module, dict) else ""
+            if module_path and (source / module_path).is_dir():  # 1_Pooling/, 2_Normalize/
+                names += [str(p.relative_to(source)) for p in sorted((source / module_path).rglob("*")) if p.is_file()]
+    for name in names:
+        if (directory / name).exists():  # a tokenizer saved there on purpose (a job saves its own first) wins
+            continue
+        (directory / name).parent.mkdir(parents=True, exist_ok=True)
+        io.atomic_write_bytes(directory / name, (source / name).read_bytes())
+
+
 def save(model: nn.Module, path: str | Path) -> None:
-    """Write `config.json` and `model.safetensors`, each atomically; other files in the directory are kept."""
+    """Write `config.json` and `model.safetensors`, each atomically; other files in the directory are kept.
+
+    A model from `berta.load` carries its directory: its tokenizer files (and, for a bare encoder, the
+    sentence-transformers files: modules.json, 1_Pooling/ ...) are copied along. A model without them, saved
+    into a directory without a tokenizer, warns: `transformers` would build an empty-vocabulary tokenizer there.
+    """
     directory = Path(path)
     directory.mkdir(parents=True, exist_ok=True)
+    source = getattr(model, "source_directory", None)
+    if source is not None and Path(source).resolve() != directory.resolve():
+        _copy_companions(Path(source), directory, sentence_transformers=model.task == "encoder")
+    if not any((directory / name).is_file() for name in TOKENIZER_FILES):
+        warnings.warn(f"{directory}: saved a model without a tokenizer; save one beside it with "
+                      f"`tokenizer.save({str(directory)!r})`", stacklevel=3)
     config: EncoderConfig = model.config  # type: ignore[assignment]
     tensors = {name: tensor.cpu() for name, tensor in state_for_saving(model).items()}
     io.atomic_write(directory / WEIGHTS_NAME, lambda file: save_file(tensors, str(file), metadata={"format": "pt"}))

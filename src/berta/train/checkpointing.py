@@ -201,9 +201,9 @@ def _write_model(run: RunState, state: dict[str, torch.Tensor] | None, directory
         # The wrapped module's parameters are views of FSDP's flat shards; an unsharded copy on the CPU saves.
         model = run.plain_copy()
         model.load_state_dict(state)
-    model.save(directory)  # type: ignore[operator]
-    if run.job.save_extras is not None:
+    if run.job.save_extras is not None:  # the tokenizer first: the model's `save` then finds it there
         run.job.save_extras(directory)
+    model.save(directory)  # type: ignore[operator]
 
 
 def _link_tree(source: Path, target: Path, skip: tuple[str, ...] = ()) -> None:
