@@ -4,6 +4,7 @@ speaks one language. References: transformers' fill-mask pipeline and AutoTokeni
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -94,3 +95,32 @@ def test_a_model_from_scratch_saved_without_a_tokenizer_warns(tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         model.save(tmp_path / "with")
+
+
+# ------------------------------------------------------------------------------------------ SQuAD skips
+
+
+def test_a_squad_answer_off_its_offset_is_a_counted_named_skip_in_log_and_report(tmp_path, caplog):
+    import warnings
+
+    tokenizer = Tokenizer.from_pretrained("roberta")
+    torch.manual_seed(0)
+    tokenizer.save(tmp_path / "qa")
+    berta.create(berta.EncoderConfig.preset("tiny").replace(vocab_size=len(tokenizer)), "qa").save(tmp_path / "qa")
+    context = "Ada lives in Lagos. The bus was late."
+    questions = [{"id": "good", "question": "Where does Ada live?", "answers": [{"text": "Lagos", "answer_start": 13}]},
+                 {"id": "shifted", "question": "Where?", "answers": [{"text": "Lagos", "answer_start": 12}]},
+                 {"id": "also", "question": "Who lives there?", "answers": [{"text": "Ada", "answer_start": 0}]}]
+    dev = tmp_path / "dev.json"
+    dev.write_text(json.dumps({"data": [{"paragraphs": [{"context": context, "qas": questions}]}]}))
+    with warnings.catch_warnings(), caplog.at_level("WARNING"):
+        warnings.simplefilter("error")
+        main(["evaluate", "--model", str(tmp_path / "qa"), "--data", str(dev), "--output", str(tmp_path / "out"),
+              "--max-length", "64", "--stride", "16", "--max-query-length", "16"])
+    report = json.loads((tmp_path / "out" / "eval_results.json").read_text())
+    assert report["total"] == report["examples"] == 2
+    assert report["skipped"]["count"] == 1 and report["skipped"]["read"] == 3
+    assert report["skipped"]["questions"] == [
+        {"id": "shifted", "problem": "answer 'Lagos' at 12, but the context there reads ' Lago'"}]
+    assert "`total` count the scored ones only" in report["skipped"]["why"]
+    assert "skipped 1 of 3 questions whose answers do not fit their context: shifted" in caplog.text

@@ -319,7 +319,7 @@ def save(model: nn.Module, path: str | Path) -> None:
         _copy_companions(Path(source), directory, sentence_transformers=model.task == "encoder")
     if not any((directory / name).is_file() for name in TOKENIZER_FILES):
         warnings.warn(f"{directory}: saved a model without a tokenizer; save one beside it with "
-                      f"`tokenizer.save({str(directory)!r})`", stacklevel=3)
+                      f"`tokenizer.save({str(directory)!r})`", stacklevel=4)
     config: EncoderConfig = model.config  # type: ignore[assignment]
     tensors = {name: tensor.cpu() for name, tensor in state_for_saving(model).items()}
     io.atomic_write(directory / WEIGHTS_NAME, lambda file: save_file(tensors, str(file), metadata={"format": "pt"}))

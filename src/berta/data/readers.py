@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -16,6 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from berta import io
+
+log = logging.getLogger(__name__)
 
 TABLE_EXTENSIONS = {".csv": ",", ".tsv": "\t", ".jsonl": None}
 
@@ -42,6 +45,15 @@ class Sentence:
     tags: list[str] | None
     path: str
     line: int
+
+
+class Examples(list):
+    """A reader's examples, and the ones it skipped as wrongly labelled: `skipped` holds (id, problem) pairs, so
+    a job can count and name them in its log and report instead of letting the total shrink unexplained."""
+
+    def __init__(self, examples: Sequence[Any] = (), skipped: Sequence[tuple[str, str]] = ()) -> None:
+        super().__init__(examples)
+        self.skipped = list(skipped)
 
 
 @dataclass(frozen=True)
@@ -269,12 +281,13 @@ def _field(record: Any, name: str, kinds: tuple[type, ...], path: Path, where: s
     return _require(record[name], kinds, path, where, name)
 
 
-def read_squad(path: str | Path, strict: bool = False) -> list[QAExample]:
+def read_squad(path: str | Path, strict: bool = False, encoding: str = "utf-8") -> Examples:
     """Read SQuAD v1.1 / v2.0 JSON (optionally compressed) into one example per question.
 
     An answer whose text differs from `context[answer_start:answer_start + len(text)]`, or a question marked
-    impossible that has answers (or answerable without any), is a wrong label: the question is skipped, and
-    one warning gives the count and the ids; `strict=True` raises instead. A missing or mistyped field raises.
+    impossible that has answers (or answerable without any), is a wrong label: the question is skipped, listed in
+    the result's `skipped` as (id, problem) and counted in one log line; `strict=True` raises instead. A
+    missing or mistyped field raises.
 
     Example:
         >>> examples = read_squad("dev-v2.0.json")
@@ -282,9 +295,9 @@ def read_squad(path: str | Path, strict: bool = False) -> list[QAExample]:
         ('In what country is Normandy located?', [('France', 159), ...], False)
     """
     path = Path(path)
-    document = io.read_json(path)
+    document = io.read_json(path, encoding)
     examples: list[QAExample] = []
-    problems: list[str] = []
+    problems: list[tuple[str, str]] = []
     seen: dict[str, str] = {}
     for a, article in enumerate(_field(document, "data", (list,), path, "top level")):
         for p, paragraph in enumerate(_field(article, "paragraphs", (list,), path, f"data[{a}]")):
@@ -307,18 +320,20 @@ def read_squad(path: str | Path, strict: bool = False) -> list[QAExample]:
                 if problem:
                     if strict:
                         raise ValueError(f"{path}: {where} (id {qid!r}): {problem}")
-                    problems.append(f"{qid} ({problem})")
+                    problems.append((qid, problem))
                     continue
                 examples.append(QAExample(qid, question, context, answers, is_impossible))
     if problems:
-        total = len(examples) + len(problems)
-        warnings.warn(
-            f"{path}: skipped {len(problems)} of {total} questions whose answers do not fit their context: "
-            + "; ".join(problems[:5])
-            + (" ..." if len(problems) > 5 else ""),
-            stacklevel=2,
-        )
-    return examples
+        log.warning("%s", skipped_line(path, len(examples) + len(problems), problems))
+    return Examples(examples, problems)
+
+
+def skipped_line(path: str | Path, total: int, skipped: Sequence[tuple[str, str]]) -> str:
+    """One line naming the questions a reader skipped: "dev.json: skipped 2 of 50 questions whose answers do
+    not fit their context: q7 (answer 'France' at 23, but the context there reads ' Franc'); ..."."""
+    shown = "; ".join(f"{qid} ({problem})" for qid, problem in skipped[:5])
+    return (f"{path}: skipped {len(skipped)} of {total} questions whose answers do not fit their context: {shown}"
+            + (" ..." if len(skipped) > 5 else ""))
 
 
 def _answer_problem(context: str, answers: list[tuple[str, int]], is_impossible: bool) -> str | None:

@@ -91,8 +91,9 @@ class QATask(Task):
         room = max_length - max_query_length - 4  # [CLS] q [SEP] c [SEP], and RoBERTa's </s></s>
         if room < 1 or not 0 <= stride < room:
             raise ValueError(
-                f"max_length {max_length} with max_query_length {max_query_length} leaves {room} context tokens "
-                f"per window; stride must be smaller than that, got {stride}"
+                f"--max-length {max_length} with --max-query-length {max_query_length} leaves {room} context tokens "
+                f"per window; --stride must be smaller than that, got {stride} (lower --stride, or raise "
+                "--max-length up to the model's positions)"
             )
         self.tokenizer = tokenizer
         self.max_length = max_length
@@ -107,7 +108,8 @@ class QATask(Task):
     # -- data ----------------------------------------------------------------------------------------
 
     def read(self, path: str | Path, labelled: bool = True) -> list[QAExample]:
-        """Questions of a SQuAD JSON file; answers that do not match their offset are skipped with a warning."""
+        """Questions of a SQuAD JSON file; questions whose answers do not match their offsets are skipped, counted
+        in one log line and listed in the result's `skipped` (the report's `skipped`)."""
         return read_squad(path)
 
     def fit_labels(self, examples: Sequence[QAExample]) -> None:

@@ -275,6 +275,14 @@ def write_report(task: Any, model: nn.Module, examples: list, output: Path, batc
     predictions = task.predict(model, examples, batch_size)
     result = task.score(examples, predictions)
     result["examples"] = len(examples)
+    skipped = getattr(examples, "skipped", [])  # wrongly labelled examples the reader left out (berta.data.readers)
+    if skipped:
+        result["skipped"] = {
+            "count": len(skipped), "read": len(examples) + len(skipped),
+            "why": "answers that do not fit their context (answer_start does not point at the answer text, or "
+                   "is_impossible contradicts the answers); `examples` and `total` count the scored ones only",
+            "questions": [{"id": qid, "problem": problem} for qid, problem in skipped],
+        }
     io.atomic_write_text(output / f"predictions{suffix}.jsonl", "".join(
         json.dumps(row, ensure_ascii=False) + "\n" for row in task.records(examples, predictions)))
     if task.name == "classification" and task.problem_type == "single_label_classification":
