@@ -5,8 +5,10 @@ speaks one language. References: transformers' fill-mask pipeline and AutoTokeni
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from conftest import minilm_directory
@@ -29,8 +31,8 @@ def tiny_masked_lm(directory: Path) -> Path:
     tokenizer = Tokenizer.from_pretrained("roberta")
     torch.manual_seed(0)
     model = berta.create(berta.EncoderConfig.preset("tiny").replace(vocab_size=len(tokenizer)), "masked-lm")
-    model.save(directory)
     tokenizer.save(directory)
+    model.save(directory)
     return directory
 
 
@@ -124,3 +126,103 @@ def test_a_squad_answer_off_its_offset_is_a_counted_named_skip_in_log_and_report
         {"id": "shifted", "problem": "answer 'Lagos' at 12, but the context there reads ' Lago'"}]
     assert "`total` count the scored ones only" in report["skipped"]["why"]
     assert "skipped 1 of 3 questions whose answers do not fit their context: shifted" in caplog.text
+
+
+# ----------------------------------------------------------------------------- inputs checked before work
+
+
+@pytest.fixture(scope="module")
+def tiny_encoder(tmp_path_factory) -> Path:
+    directory = tmp_path_factory.mktemp("tiny-encoder")
+    tokenizer = Tokenizer.from_pretrained("roberta")
+    tokenizer.save(directory)
+    torch.manual_seed(0)
+    berta.create(berta.EncoderConfig.preset("tiny").replace(vocab_size=len(tokenizer)), "encoder").save(directory)
+    return directory
+
+
+def reviews(path: Path, rows: int) -> Path:
+    texts = ["a gripping film", "dull and long", "a joy to watch", "I fell asleep", "sharp and funny"]
+    path.write_text("text,label\n" + "".join(f"{texts[i % 5]} {i},{'pos' if i % 2 else 'neg'}\n"
+                                             for i in range(rows)))
+    return path
+
+
+def finetune_args(model: Path, train: Path, validation: Path, output: Path, *more: str) -> list[str]:
+    return ["finetune", "--task", "classification", "--model", str(model), "--train", str(train), "--validation",
+            str(validation), "--output", str(output), "--no-progress", "--no-tensorboard", *more]
+
+
+def test_a_bad_eval_file_fails_before_training(tmp_path, tiny_encoder):
+    train, dev = reviews(tmp_path / "train.csv", 8), reviews(tmp_path / "dev.csv", 4)
+    with pytest.raises(SystemExit, match=r"--eval .*missing.csv: no such file"):
+        main(finetune_args(tiny_encoder, train, dev, tmp_path / "run", "--eval", f"{tmp_path / 'missing.csv'}:de"))
+    bad = tmp_path / "bad.csv"
+    bad.write_text("text,label\nfine,pos\none,too,many\n")
+    with pytest.raises(SystemExit, match=r"bad.csv line 3: 3 fields, expected 2"):
+        main(finetune_args(tiny_encoder, train, dev, tmp_path / "run", "--eval", f"{bad}:de"))
+    assert not (tmp_path / "run" / "model").exists() and not (tmp_path / "run" / "metrics.jsonl").exists()
+    with pytest.raises(SystemExit, match=r"--train .*: is a directory, expected a file"):
+        main(finetune_args(tiny_encoder, tmp_path, dev, tmp_path / "run"))
+
+
+@pytest.mark.parametrize(("option", "value", "message"), [
+    ("--batch-size", "0", "--batch-size 0: expected at least 1"),
+    ("--max-length", "0", "--max-length 0: expected at least 8"),
+    ("--lr", "0", "--lr 0.0: expected a value above 0"),
+    ("--epochs", "-1", "--epochs -1: expected at least 1"),
+])
+def test_numeric_options_are_range_checked_where_they_are_parsed(tmp_path, option, value, message):
+    args = finetune_args(tmp_path / "m", tmp_path / "t.csv", tmp_path / "d.csv", tmp_path / "run", option, value)
+    with pytest.raises(SystemExit, match=re.escape(message)):
+        main(args)
+    config = tmp_path / "settings.json"
+    config.write_text(json.dumps({option.removeprefix("--").replace("-", "_"): float(value)}))
+    with pytest.raises(SystemExit, match=re.escape(message.split(":")[1])):
+        main(args[:-2] + ["--config", str(config)])
+
+
+def test_a_training_set_smaller_than_one_batch_trains(tmp_path, tiny_encoder):
+    train, dev = reviews(tmp_path / "train.csv", 3), reviews(tmp_path / "dev.csv", 3)
+    main(finetune_args(tiny_encoder, train, dev, tmp_path / "run", "--batch-size", "32", "--epochs", "2"))
+    report = json.loads((tmp_path / "run" / "eval_results.json").read_text())
+    assert report["examples"] == 3
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert max(r.get("step", 0) for r in records) == 2  # one (short) batch per epoch
+
+
+def test_a_missing_model_says_so_without_a_preset_list_and_a_run_directory_means_its_model(tmp_path, capsys):
+    train, dev = reviews(tmp_path / "train.csv", 4), reviews(tmp_path / "dev.csv", 4)
+    with pytest.raises(SystemExit, match=r"nope: no such model directory") as exit_:
+        main(finetune_args(tmp_path / "nope", train, dev, tmp_path / "run"))
+    assert "preset" not in str(exit_.value)
+    tiny_masked_lm(tmp_path / "run" / "model")
+    main(["fill-mask", "--model", str(tmp_path / "run"), "Paris is the <mask> of France."])
+    assert "Paris is the <mask> of France." in capsys.readouterr().out
+
+
+def test_prepare_on_blank_input_says_no_text_and_leaves_nothing(tmp_path):
+    for content in (b"", b"\n  \n\t\n"):
+        blank = tmp_path / "blank.txt"
+        blank.write_bytes(content)
+        with pytest.raises(SystemExit, match=re.escape(f"no text in {blank}")):
+            main(["prepare", "--tokenizer", "roberta", "--output", str(tmp_path / "data"), "--no-progress", str(blank)])
+        assert not (tmp_path / "data").exists()
+
+
+def test_encoding_reads_non_utf8_input(tmp_path):
+    latin1 = tmp_path / "latin1.txt"
+    latin1.write_bytes("Un café à Zürich.\nÉté brûlant.\n".encode("latin-1"))
+    with pytest.raises(SystemExit, match=r"latin1.txt line 1: not valid utf-8 text .* pass --encoding"):
+        main(["prepare", "--tokenizer", "roberta", "--output", str(tmp_path / "a"), "--no-progress", str(latin1)])
+    main(["prepare", "--tokenizer", "roberta", "--output", str(tmp_path / "b"), "--no-progress", "--encoding",
+          "latin-1", "--block-size", "16", "--validation-fraction", "0", str(latin1)])
+    from berta.data.corpus import BlockDataset
+
+    tokens = np.concatenate([BlockDataset(tmp_path / "b")[i] for i in range(len(BlockDataset(tmp_path / "b")))])
+    assert "café à Zürich" in Tokenizer.from_pretrained("roberta").decode(tokens.tolist())
+    csv = tmp_path / "latin1.csv"
+    csv.write_bytes("text,label\ncafé,pos\n".encode("latin-1"))
+    from berta.data.readers import read_table
+
+    assert read_table(csv, "text", label_column="label", encoding="latin-1")[0].text == "café"

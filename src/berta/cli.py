@@ -137,6 +137,29 @@ def convert(value: Any, hint: Any, where: str) -> Any:
     return value
 
 
+def check_range(field: dataclasses.Field, value: Any, where: str) -> None:
+    """A number outside the field's metadata bounds ("min", "max" inclusive; "above" exclusive) is an error
+    naming the option: the one place numeric options are range-checked, for the command line and --config.
+
+    Example:
+        >>> batch = dataclasses.field(metadata={"min": 1})
+        >>> check_range(batch, 0, "--batch-size")
+        Traceback (most recent call last):
+        ...
+        ValueError: --batch-size 0: expected at least 1
+    """
+    values = value if isinstance(value, list | tuple) else [value]
+    for item in values:
+        if not isinstance(item, int | float) or isinstance(item, bool):
+            continue
+        if "min" in field.metadata and item < field.metadata["min"]:
+            raise ValueError(f"{where} {item}: expected at least {field.metadata['min']}")
+        if "above" in field.metadata and item <= field.metadata["above"]:
+            raise ValueError(f"{where} {item}: expected a value above {field.metadata['above']}")
+        if "max" in field.metadata and item > field.metadata["max"]:
+            raise ValueError(f"{where} {item}: expected at most {field.metadata['max']}")
+
+
 def _choices(hint: Any) -> list[Any] | None:
     hint, _ = _unwrap_optional(hint)
     if typing.get_origin(hint) is typing.Literal:
@@ -343,9 +366,11 @@ def parse(argv: Sequence[str]) -> tuple[Callable[..., Any], Any]:
             values = read_config(config_file, cls)
         hints = typing.get_type_hints(cls)
         values.update({name: convert(value, hints[name], _flag(name)) for name, value in args.items()})
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        for name, value in values.items():
+            check_range(fields[name], value, _flag(name))
     except ValueError as error:
         raise SystemExit(f"berta: error: {error}") from None
-    fields = {f.name: f for f in dataclasses.fields(cls)}
     missing = [name for name, f in fields.items() if _required(f) and name not in values]
     if missing and not print_config:
         shown = [name if fields[name].metadata.get("positional") else _flag(name) for name in missing]
@@ -377,7 +402,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     except KeyboardInterrupt as interrupt:  # Ctrl-C; in training also SIGTERM, after saving (its message says so)
         print(f"berta: {str(interrupt) or 'interrupted'}", file=sys.stderr)
         raise SystemExit(getattr(interrupt, "exit_code", 130)) from None
-    except (ValueError, FileNotFoundError) as error:  # user errors: one clear line, no traceback
+    except (ValueError, FileNotFoundError, IsADirectoryError, NotADirectoryError) as error:  # user errors: one line
         raise SystemExit(f"berta: error: {error}") from error
 
 

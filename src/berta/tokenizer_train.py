@@ -34,16 +34,17 @@ class TokenizerTrainSettings:
     type: Literal["bpe", "unigram", "wordpiece"] = field(
         default="bpe", metadata={"help": "bpe: byte-level BPE (RoBERTa); unigram: SentencePiece (XLM-R); "
                                          "wordpiece: BERT"})
-    vocab_size: int = field(default=50265, metadata={
+    vocab_size: int = field(default=50265, metadata={"min": 100,
         "help": "vocabulary size, special tokens included (roberta-base: 50265, xlm-roberta: 250002, bert: 30522)"})
     text_field: str = field(default="text", metadata={"help": "the field holding the text in JSONL files"})
     encoding: str = field(default="utf-8", metadata={"help": "text encoding of the input files"})
-    min_frequency: int = field(default=2, metadata={"help": "BPE / WordPiece: least count of a merged pair"})
-    alpha: float = field(default=0.3, metadata={"help": "language sampling exponent (XLM-R: 0.3; 1.0 = as is)"})
+    min_frequency: int = field(default=2, metadata={"min": 1, "help": "BPE / WordPiece: least count of a merged pair"})
+    alpha: float = field(default=0.3, metadata={"min": 0, "max": 1,
+                                                "help": "language sampling exponent (XLM-R: 0.3; 1.0 = as is)"})
     lowercase: bool = field(default=True, metadata={"help": "WordPiece: lower-case and strip accents (uncased)"})
-    max_sentences: int = field(default=10_000_000, metadata={
+    max_sentences: int = field(default=10_000_000, metadata={"min": 1,
         "help": "Unigram: sentences SentencePiece samples into memory (its input_sentence_size)"})
-    seed: int = field(default=0, metadata={"help": "seed of the language sampling"})
+    seed: int = field(default=0, metadata={"min": 0, "help": "seed of the language sampling"})
     progress: bool = field(default=True, metadata={"help": "show progress bars"})
 
 

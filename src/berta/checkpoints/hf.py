@@ -214,7 +214,7 @@ def load(
         >>> model = load("runs/sst2/model")  # doctest: +SKIP
         >>> model(**batch).logits
     """
-    directory = _resolve_directory(path)
+    directory = model_directory(path)
     config = EncoderConfig.from_file(directory / CONFIG_NAME)
     architectures = config.extra.get("architectures") or []
     saved_task = task_of_architecture(architectures[0]) if architectures else "encoder"
@@ -246,12 +246,27 @@ def load(
     return model
 
 
-def _resolve_directory(path: str | Path) -> Path:
+def model_directory(path: str | Path) -> Path:
+    """The model directory `path` names: itself, or the `model/` inside a run directory (`--model runs/x`), or a
+    hub id's download. A file, or a directory without `config.json`, is an error that says so.
+
+    Example:
+        >>> model_directory("/no/such/model")
+        Traceback (most recent call last):
+        ...
+        FileNotFoundError: /no/such/model: no such model directory
+    """
     directory = Path(path)
     if directory.is_dir():
-        return directory
+        if (directory / CONFIG_NAME).is_file():
+            return directory
+        if (directory / "model" / CONFIG_NAME).is_file():  # a run directory: its final model
+            log.info("%s is a run directory; using its model %s", directory, directory / "model")
+            return directory / "model"
+        raise FileNotFoundError(f"{directory}: a directory without {CONFIG_NAME}, so not a model directory (a "
+                                "model directory holds config.json and model.safetensors; a run directory, model/)")
     if directory.exists():
-        raise ValueError(f"{directory}: expected a model directory (config.json + model.safetensors), found a file")
+        raise ValueError(f"{directory}: is a file, expected a model directory (config.json + model.safetensors)")
     if str(path).count("/") == 1 and not str(path).startswith((".", "/")):
         # Looks like a hub id ("FacebookAI/roberta-base"): fetch it when huggingface_hub is installed and online.
         try:

@@ -69,10 +69,10 @@ class PrepareSettings:
     break_mode: BreakMode = field(default="full-sentences", metadata={
         "help": "how samples are cut: full-sentences (pack across documents), doc-sentences (never cross a "
                 "document), complete (whole sentences up to the block size), line (one line per sample)"})
-    block_size: int = field(default=512, metadata={"help": "tokens per sample, special tokens included"})
-    validation_fraction: float = field(default=0.01, metadata={
+    block_size: int = field(default=512, metadata={"min": 8, "help": "tokens per sample, special tokens included"})
+    validation_fraction: float = field(default=0.01, metadata={"min": 0, "max": 0.99,
         "help": "share of documents held out for validation, chosen by a hash of each document's text"})
-    workers: int = field(default=1, metadata={"help": "tokenizing processes"})
+    workers: int = field(default=1, metadata={"min": 1, "help": "tokenizing processes"})
     text_field: str = field(default="text", metadata={"help": "JSONL field holding a document's text"})
     document_separator: DocumentSeparator = field(default="newline", metadata={
         "help": "plain text: one document per line (newline) or documents separated by blank lines, one "
@@ -82,7 +82,7 @@ class PrepareSettings:
                 "languages"})
     parallel: bool = field(default=False, metadata={
         "help": "the files are parallel text for translation language modelling (TLM)"})
-    shard_megabytes: float = field(default=32.0, metadata={"help": "input text per shard, in megabytes"})
+    shard_megabytes: float = field(default=32.0, metadata={"above": 0, "help": "input text per shard, in megabytes"})
     encoding: str = field(default="utf-8", metadata={"help": "text encoding of the input files"})
     progress: bool = field(default=True, metadata={"help": "show a progress bar and a summary"})
 

@@ -43,9 +43,9 @@ class ExportSettings:
 
     model: Path = field(metadata={"help": "model directory (config.json + model.safetensors)", "positional": True})
     output: Path = field(metadata={"help": "ONNX file to write", "positional": True})
-    opset: int = field(default=DEFAULT_OPSET, metadata={"help": "ONNX opset version"})
+    opset: int = field(default=DEFAULT_OPSET, metadata={"min": 1, "help": "ONNX opset version"})
     tolerance: float = field(
-        default=1e-4, metadata={"help": "largest allowed difference to berta on the check batch (fp32)"}
+        default=1e-4, metadata={"above": 0, "help": "largest allowed difference to berta on the check batch (fp32)"}
     )
 
 

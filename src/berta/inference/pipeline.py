@@ -641,9 +641,9 @@ def pipeline(
     """
     if backend not in ("torch", "onnx"):
         raise ValueError(f"backend {backend!r} is not one of ('torch', 'onnx')")
-    from berta.checkpoints.hf import _resolve_directory, load
+    from berta.checkpoints.hf import load, model_directory
 
-    directory = _resolve_directory(path)  # a hub id becomes its downloaded directory, for weights and tokenizer
+    directory = model_directory(path)  # a hub id becomes its downloaded directory, for weights and tokenizer
     if backend == "torch":
         model = load(directory, device=resolve_device(device), dtype=resolve_dtype(dtype))
     else:

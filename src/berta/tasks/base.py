@@ -46,7 +46,8 @@ class Options:
 
     max_length: int | None = dataclasses.field(
         default=None,
-        metadata={"help": "tokens per sequence (QA: per window), special tokens included (default: the task's)"},
+        metadata={"min": 8,
+                  "help": "tokens per sequence (QA: per window), special tokens included (default: the task's)"},
     )
 
 

@@ -34,10 +34,10 @@ from berta.tokenizer import Tokenizer
 class QAOptions(Options):
     # Defaults: BERT's run_squad.py (doc_stride 128, max_query_length 64, n_best_size 20, max_answer_length 30,
     # null_score_diff_threshold 0.0).
-    stride: int = field(default=128, metadata={"help": "tokens shared by consecutive context windows"})
-    max_query_length: int = field(default=64, metadata={"help": "question tokens kept"})
-    n_best: int = field(default=20, metadata={"help": "start and end candidates per window, spans kept"})
-    max_answer_length: int = field(default=30, metadata={"help": "longest answer in tokens"})
+    stride: int = field(default=128, metadata={"min": 0, "help": "tokens shared by consecutive context windows"})
+    max_query_length: int = field(default=64, metadata={"min": 1, "help": "question tokens kept"})
+    n_best: int = field(default=20, metadata={"min": 1, "help": "start and end candidates per window, spans kept"})
+    max_answer_length: int = field(default=30, metadata={"min": 1, "help": "longest answer in tokens"})
     null_threshold: float = field(
         default=0.0, metadata={"help": "SQuAD v2: answer nothing when null score - best span score exceeds this"}
     )

@@ -34,7 +34,7 @@ import torch
 from torch import nn
 
 from berta import io, tasks
-from berta.checkpoints.hf import load
+from berta.checkpoints.hf import load, model_directory
 from berta.config import ProblemType
 from berta.device import resolve_device
 from berta.tasks.base import Task, bucketed_order, combined_options, feature_length, run_model
@@ -84,12 +84,12 @@ class FinetuneSettings(TaskOptions, TrainSettings):
     freeze_embeddings: bool = field(
         default=False, metadata={"help": "keep the word embeddings fixed (faster steps on CPU)"}
     )
-    lr: float = field(default=2e-5, metadata={"help": "peak learning rate (RoBERTa GLUE: 1e-5..3e-5)"})
-    batch_size: int = field(default=32, metadata={"help": "sequences per step (RoBERTa GLUE: 16 or 32)"})
-    epochs: int = field(default=3, metadata={"help": "passes over the training data"})
-    weight_decay: float = field(default=0.1, metadata={"help": "AdamW weight decay (RoBERTa GLUE: 0.1)"})
-    eval_every: int = field(default=0, metadata={"help": "steps between validations (0: every epoch)"})
-    save_every: int = field(default=0, metadata={"help": "steps between checkpoints (0: at the end only)"})
+    lr: float = field(default=2e-5, metadata={"above": 0, "help": "peak learning rate (RoBERTa GLUE: 1e-5..3e-5)"})
+    batch_size: int = field(default=32, metadata={"min": 1, "help": "sequences per step (RoBERTa GLUE: 16 or 32)"})
+    epochs: int = field(default=3, metadata={"min": 1, "help": "passes over the training data"})
+    weight_decay: float = field(default=0.1, metadata={"min": 0, "help": "AdamW weight decay (RoBERTa GLUE: 0.1)"})
+    eval_every: int = field(default=0, metadata={"min": 0, "help": "steps between validations (0: every epoch)"})
+    save_every: int = field(default=0, metadata={"min": 0, "help": "steps between checkpoints (0: at the end only)"})
     best_metric: str = field(
         default="", metadata={"help": "validation metric of the best model, e.g. val_f1 (default: the task's)"}
     )
@@ -172,17 +172,24 @@ def finetune(settings: FinetuneSettings) -> dict[str, Any]:
         {'accuracy': 0.83, ..., 'examples': 1280}
     """
     configure_logging()
+    # Every input is opened and read (format, columns, labels) before the model loads: a bad --eval file
+    # fails now, not after training.
     languages = [_language_file(item) for item in settings.eval]
-    tokenizer = Tokenizer.from_pretrained(settings.model)
+    for what, path in [("--train", settings.train), ("--validation", settings.validation)] + [
+            ("--eval", path) for path, _ in languages]:
+        io.check_file(path, what)
+    model_path = model_directory(settings.model)
+    tokenizer = Tokenizer.from_pretrained(model_path)
     task = build_task(settings.task, tokenizer, settings, problem_type=settings.problem_type)
     train_examples = task.read(settings.train)
     id2label = task.fit_labels(train_examples)
     validation_examples = task.read(settings.validation)
+    eval_examples = {language: task.read(path) for path, language in languages}
     log.info("%s: %d training examples, %d validation examples%s", settings.task, len(train_examples),
              len(validation_examples), f", labels {list(id2label.values())}" if id2label else "")
 
     torch.manual_seed(settings.seed)  # the new head's initialisation is part of what the seed fixes
-    model = load(settings.model, task=settings.task, id2label=id2label, new_head="init")
+    model = load(model_path, task=settings.task, id2label=id2label, new_head="init")
     _fit_length(task, model, settings.max_length)
     task.configure_model(model)
     if settings.freeze_embeddings:
@@ -218,8 +225,8 @@ def finetune(settings: FinetuneSettings) -> dict[str, Any]:
     report = write_report(task, model, validation_examples, settings.output, settings.batch_size * 2)
     if languages:
         table = {}
-        for path, language in languages:
-            examples = task.read(path)
+        for _, language in languages:
+            examples = eval_examples[language]
             table[language] = write_report(task, model, examples, settings.output, settings.batch_size * 2,
                                            suffix=f"-{language}", write_results=False)
         report["languages"] = table
@@ -235,7 +242,11 @@ def _loop_settings(settings: FinetuneSettings, metric: str, num_features: int) -
     best_metric = settings.best_metric or f"val_{metric}"
     if settings.best_mode == "auto":
         values["best_mode"] = "min" if best_metric.endswith("loss") else "max"
-    steps_per_epoch = max(1, num_features // (settings.batch_size * settings.grad_accum))
+    if num_features < settings.batch_size * settings.grad_accum:  # a small training set trains, in one batch
+        values["batch_size"] = max(1, num_features // settings.grad_accum)
+        log.info("%d training features, fewer than one batch of %d: training with batches of %d", num_features,
+                 settings.batch_size * settings.grad_accum, values["batch_size"])
+    steps_per_epoch = max(1, num_features // (values["batch_size"] * settings.grad_accum))
     values.update(best_metric=best_metric, eval_every=settings.eval_every or steps_per_epoch)
     return TrainSettings(**values)
 
@@ -303,19 +314,21 @@ def evaluate(settings: EvaluateSettings) -> dict[str, Any]:
         {'accuracy': 0.82, ..., 'examples': 1281}
     """
     configure_logging()
-    model = load(settings.model, task=settings.task)
+    io.check_file(settings.data, "--data")
+    model_path = model_directory(settings.model)
+    model = load(model_path, task=settings.task)
     if model.task not in TASK_NAMES:
         raise ValueError(
             f"{settings.model}: the checkpoint is a {model.task!r} model, not a fine-tuned one; pass --task "
             f"({', '.join(TASK_NAMES)}) only for a checkpoint with that head"
         )
     model.to(resolve_device(settings.device))
-    tokenizer = Tokenizer.from_pretrained(settings.model)
+    tokenizer = Tokenizer.from_pretrained(model_path)
     task = tasks.get(model.task).from_checkpoint(tokenizer, settings, model.config)
     _fit_length(task, model, settings.max_length)
     examples = task.read(settings.data)
     task.fit_evaluation(examples)
-    output = settings.output or settings.model.parent / f"eval-{settings.data.name.split('.')[0]}"
+    output = settings.output or model_path.parent / f"eval-{settings.data.name.split('.')[0]}"
     result = write_report(task, model, examples, output, settings.batch_size)
     log.info("%s: %s -> %s", settings.data, {k: round(v, 4) for k, v in _scalars(result).items()}, output)
     return result

@@ -163,8 +163,8 @@ def _steps(job: Job, distributed: Distributed) -> tuple[int, int]:
     if steps_per_epoch < 1:
         raise ValueError(
             f"an epoch holds {samples_per_epoch} samples, fewer than one global batch of {global_batch} "
-            f"(batch_size {settings.batch_size} x grad_accum {settings.grad_accum} x {distributed.world_size} "
-            "processes)"
+            f"(--batch-size {settings.batch_size} x --grad-accum {settings.grad_accum} x {distributed.world_size} "
+            "processes); lower --batch-size or --grad-accum, or use more data"
         )
     return global_batch, settings.max_steps or settings.epochs * steps_per_epoch
 

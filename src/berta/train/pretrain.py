@@ -55,25 +55,30 @@ class PretrainSettings(TrainSettings):
         metadata={"help": f"a preset ({', '.join(sorted(PRESETS))}) to train from scratch, or a model directory"}
     )
     output: Path = field(metadata={"help": "run directory: checkpoints, metrics.jsonl, model/ (resumed if present)"})
-    max_steps: int = field(default=500_000, metadata={"help": "optimizer steps (RoBERTa: 500k)"})
-    warmup_ratio: float = field(default=0.048, metadata={"help": "warm-up share of the steps (RoBERTa: 24k of 500k)"})
-    eval_every: int = field(default=1000, metadata={"help": "steps between validations (0: only at the end)"})
-    mask_prob: float = field(default=0.15, metadata={"help": "share of tokens predicted (BERT, RoBERTa: 0.15)"})
-    random_token_prob: float = field(default=0.1, metadata={"help": "share of predicted tokens replaced at random"})
-    leave_unmasked_prob: float = field(default=0.1, metadata={"help": "share of predicted tokens left as they are"})
+    max_steps: int = field(default=500_000, metadata={"min": 0, "help": "optimizer steps (RoBERTa: 500k)"})
+    warmup_ratio: float = field(default=0.048, metadata={"min": 0, "max": 1,
+                                                         "help": "warm-up share of the steps (RoBERTa: 24k of 500k)"})
+    eval_every: int = field(default=1000, metadata={"min": 0, "help": "steps between validations (0: only at the end)"})
+    mask_prob: float = field(default=0.15, metadata={"above": 0, "max": 1,
+                                                     "help": "share of tokens predicted (BERT, RoBERTa: 0.15)"})
+    random_token_prob: float = field(default=0.1, metadata={"min": 0, "max": 1,
+                                                            "help": "share of predicted tokens replaced at random"})
+    leave_unmasked_prob: float = field(default=0.1, metadata={"min": 0, "max": 1,
+                                                              "help": "share of predicted tokens left as they are"})
     masking: Literal["dynamic", "static"] = field(
         default="dynamic",
         metadata={"help": "dynamic: a new mask every epoch (RoBERTa); static: --static-masks fixed masks (BERT)"},
     )
     static_masks: int = field(
-        default=10, metadata={"help": "masks per sample with --masking static (RoBERTa section 4.1: 10)"}
+        default=10, metadata={"min": 0, "help": "masks per sample with --masking static (RoBERTa section 4.1: 10)"}
     )
     whole_word: bool = field(default=False, metadata={"help": "mask whole words (all pieces of a word together)"})
     language_alpha: float = field(
-        default=0.3, metadata={"help": "multilingual data: sample languages with p^alpha (XLM-R: 0.3)"}
+        default=0.3, metadata={"min": 0, "max": 1,
+                               "help": "multilingual data: sample languages with p^alpha (XLM-R: 0.3)"}
     )
     validation_samples: int = field(
-        default=2000, metadata={"help": "validation samples scored at each evaluation (0: the whole split)"}
+        default=2000, metadata={"min": 0, "help": "validation samples scored at each evaluation (0: the whole split)"}
     )
 
     def validate(self) -> None:

@@ -350,9 +350,9 @@ class AttentionSettings:
     model: str = field(metadata={"help": "model directory with its tokenizer"})
     out: Path = field(metadata={"help": "FILE.png (heatmaps) or FILE.html (interactive viewer, works offline)"})
     pair: str | None = field(default=None, metadata={"help": "second text of a sentence pair"})
-    layer: int | None = field(default=None, metadata={
+    layer: int | None = field(default=None, metadata={"min": 0,
         "help": "layer to draw, from 0 (PNG default: all; HTML: the layer the page opens on, default 0)"})
-    head: int | None = field(default=None, metadata={
+    head: int | None = field(default=None, metadata={"min": 0,
         "help": "head to draw, from 0 (PNG default: all; HTML: the head the page opens on, default all)"})
     merge_subwords: bool = field(default=False, metadata={
         "help": "merge sub-word pieces into words (keys summed, queries averaged)"})
