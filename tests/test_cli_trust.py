@@ -51,6 +51,8 @@ def test_load_with_a_head_the_checkpoint_lacks_refuses_unless_asked_to_initialis
         berta.load(minilm_directory(), task="masked-lm")
     with pytest.raises(ValueError, match=r"a BertModel checkpoint has no trained classification head"):
         berta.load(minilm_directory(), task="classification", id2label={0: "a", 1: "b"})
+    with pytest.raises(SystemExit, match=r"a BertModel checkpoint has no trained classification head and no labels"):
+        main(["evaluate", "--task", "classification", "--model", str(minilm_directory()), "--data", __file__])
     model = berta.load(minilm_directory(), task="classification", id2label={0: "a", 1: "b"}, new_head="init")
     assert model.load_report.initialised == ["head.classifier.weight", "head.classifier.bias"]
 

@@ -110,7 +110,7 @@ def train_tokenizer(settings: TokenizerTrainSettings) -> Tokenizer:
     Example: `berta tokenizer train --type unigram --vocab-size 32000 --output tok/ en.txt.gz sw.txt.gz`.
     """
     if settings.vocab_size < 100:
-        raise ValueError(f"vocab_size={settings.vocab_size} is too small (at least 100)")
+        raise ValueError(f"--vocab-size {settings.vocab_size}: expected at least 100")
     lines, expected = sampled_lines(settings)
     if settings.type == "unigram":
         tokenizer = _train_unigram(settings, lines)

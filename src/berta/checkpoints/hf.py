@@ -225,15 +225,14 @@ def load(
     elif task == saved_task and needs_labels and not config.id2label:
         config.id2label = {0: "LABEL_0", 1: "LABEL_1"}  # transformers leaves its default two labels unsaved
     elif needs_labels and not config.id2label:
+        if new_head != "init":
+            raise ValueError(_missing_head(directory, architectures, config, task, "and no labels"))
         raise ValueError(f"{directory}: the checkpoint has no labels; pass id2label to put a {task} head on it")
     tensors = read_weights(directory)
     model = tasks.create(config, task)
     report = load_state(model, tensors, str(directory))
     if report.initialised and new_head != "init":
-        saved = architectures[0] if architectures else architecture_name(config, "encoder")
-        how = "train one with `berta pretrain`" if task == "masked-lm" else f"`berta finetune --task {task}` trains one"
-        raise ValueError(f"{directory}: a {saved} checkpoint has no trained {task} head "
-                         f"({', '.join(report.initialised)}); {how}")
+        raise ValueError(_missing_head(directory, architectures, config, task, f"({', '.join(report.initialised)})"))
     if report.initialised:
         log.warning("%s: new %s head initialised: %s", directory, task, ", ".join(report.initialised))
     if report.unused:
@@ -244,6 +243,12 @@ def load(
     if dtype is not None or device is not None:
         model.to(device=device, dtype=dtype)
     return model
+
+
+def _missing_head(directory: Path, architectures: list[str], config: EncoderConfig, task: str, detail: str) -> str:
+    saved = architectures[0] if architectures else architecture_name(config, "encoder")
+    how = "train one with `berta pretrain`" if task == "masked-lm" else f"`berta finetune --task {task}` trains one"
+    return f"{directory}: a {saved} checkpoint has no trained {task} head {detail}; {how}"
 
 
 def model_directory(path: str | Path) -> Path:
