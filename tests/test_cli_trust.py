@@ -228,3 +228,61 @@ def test_encoding_reads_non_utf8_input(tmp_path):
     from berta.data.readers import read_table
 
     assert read_table(csv, "text", label_column="label", encoding="latin-1")[0].text == "café"
+
+
+# ------------------------------------------------------------------------------------------ one CLI
+
+
+def test_one_consistent_cli(capsys):
+    from berta.cli import parse
+
+    _, export = parse(["export", "onnx", "runs/x/model", "model.onnx"])  # the positional form, kept
+    _, same = parse(["export", "onnx", "--model", "runs/x/model", "--output", "model.onnx"])
+    assert (export.model, export.output) == (same.model, same.output) == (Path("runs/x/model"), Path("model.onnx"))
+    _, prepare = parse(["prepare", "--tokenizer", "roberta", "--output", "d", "--num-workers", "2", "a.txt"])
+    _, alias = parse(["prepare", "--tokenizer", "roberta", "--output", "d", "--workers", "2", "a.txt"])
+    assert prepare.num_workers == alias.num_workers == 2
+    _, fill = parse(["fill-mask", "--model", "m", "a <mask>"])
+    _, attention = parse(["attention", "--model", "m", "--output", "a.png", "a text"])
+    assert fill.device == attention.device == "auto"
+    _, pretrain = parse(["pretrain", "--model", "tiny", "--data", "d", "--output", "o", "--best-mode", "auto"])
+    _, finetune = parse(["finetune", "--task", "qa", "--model", "m", "--train", "t", "--validation", "v", "--output",
+                         "o", "--best-mode", "auto"])
+    assert pretrain.best_mode == finetune.best_mode == "auto"
+    assert pretrain.max_steps == 0 and pretrain.epochs >= 1  # a CPU user's first run ends
+    for job in (["pretrain"], ["finetune"]):
+        with pytest.raises(SystemExit):
+            main([*job, "--help"])
+        text = " ".join(capsys.readouterr().out.split())
+        assert "0: at the end of every epoch" in text  # one meaning of --eval-every 0
+        assert "are that published recipe's values" in text
+    with pytest.raises(SystemExit):
+        main(["pretrain", "--help"])
+    assert "needs the tensorboard package" in " ".join(capsys.readouterr().out.split())
+
+
+def test_train_settings_json_records_the_whole_job_and_config_takes_it_back(tmp_path, tiny_encoder, caplog):
+    import importlib.metadata
+
+    from berta.cli import parse
+    from berta.train.resume import file_fingerprint
+
+    train, dev = reviews(tmp_path / "train.csv", 8), reviews(tmp_path / "dev.csv", 4)
+    args = ["finetune", "--task", "classification", "--model", str(tiny_encoder), "--train", str(train),
+            "--validation", str(dev), "--output", str(tmp_path / "run"), "--batch-size", "4", "--max-length", "16",
+            "--no-tensorboard"]
+    with caplog.at_level("INFO"):
+        main(args)  # progress on, output not a terminal: plain lines, no bar
+    assert re.search(r"step 6/6: loss \d+\.\d{4}, \d+ tokens/s", caplog.text)  # 8 examples / 4, 3 epochs
+    assert "tensorboard" not in caplog.text
+    recorded = json.loads((tmp_path / "run" / "train_settings.json").read_text())
+    assert recorded["task"] == "classification" and recorded["model"] == str(tiny_encoder)
+    assert (recorded["train"], recorded["validation"]) == (str(train), str(dev))
+    assert (recorded["text_column"], recorded["label_column"], recorded["max_length"]) == ("text", "label", 16)
+    assert recorded["_run"]["berta_version"] == importlib.metadata.version("berta")
+    assert recorded["_run"]["fingerprints"] == {
+        "--train": file_fingerprint(train), "--validation": file_fingerprint(dev),
+        "--model": file_fingerprint(tiny_encoder / "model.safetensors")}
+    _, original = parse(args)
+    _, again = parse(["finetune", "--config", str(tmp_path / "run" / "train_settings.json")])
+    assert again == original

@@ -170,7 +170,7 @@ def test_workers_give_the_same_shards(tmp_path: Path) -> None:
     settings = {"document_separator": "blank-line", "block_size": 64, "shard_megabytes": 0.04,
                 "validation_fraction": 0.05}
     one = prepare(_settings([hamlet], tmp_path / "one", **settings))
-    two = prepare(_settings([hamlet], tmp_path / "two", workers=2, **settings))
+    two = prepare(_settings([hamlet], tmp_path / "two", num_workers=2, **settings))
     assert len(one["shards"]) >= 4
     assert one["shards"] == two["shards"] and one["splits"] == two["splits"]
 

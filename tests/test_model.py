@@ -354,9 +354,15 @@ def test_save_keeps_tokenizer_files_and_writes_no_temporary_files(tmp_path):
         shutil.copy(directory / name, tmp_path / name)
     model = berta.load(directory)
     model.save(tmp_path)
+    # The loaded encoder carries its sentence-transformers files and the rest of its tokenizer (issue 9).
     assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "1_Pooling",
         "config.json",
+        "config_sentence_transformers.json",
         "model.safetensors",
+        "modules.json",
+        "sentence_bert_config.json",
+        "special_tokens_map.json",
         "tokenizer.json",
         "tokenizer_config.json",
         "vocab.txt",

@@ -44,6 +44,11 @@ JOBS: dict[tuple[str, ...], str] = {
 }
 
 
+RECIPE_NOTE = ("Defaults whose help names a paper or model (\"RoBERTa: 0.98\", \"RoBERTa GLUE: 16 or 32\") are that "
+               "published recipe's values; the others are chosen to finish on a CPU (pretrain: --epochs passes, not "
+               "RoBERTa's --max-steps 500000). --print-config lists every default.")
+
+
 def _resolve(target: str) -> Callable[..., Any]:
     module_name, function_name = target.split(":")
     return getattr(importlib.import_module(module_name), function_name)
@@ -271,12 +276,12 @@ def build_parser(enforce_required: bool = True) -> argparse.ArgumentParser:
         function = _resolve(target)
         summary = _summary(function)
         if len(words) == 1:
-            sub = commands.add_parser(words[0], help=summary, description=summary)
+            sub = commands.add_parser(words[0], help=summary, description=summary, epilog=RECIPE_NOTE)
         else:
             if words[0] not in groups:
                 group_parser = commands.add_parser(words[0], help=f"{words[0]} jobs")
                 groups[words[0]] = group_parser.add_subparsers(dest="subcommand", required=True, metavar="JOB")
-            sub = groups[words[0]].add_parser(words[1], help=summary, description=summary)
+            sub = groups[words[0]].add_parser(words[1], help=summary, description=summary, epilog=RECIPE_NOTE)
         sub.set_defaults(_target=target)
         _add_job(sub, function, enforce_required)
     return parser
@@ -305,7 +310,8 @@ def read_config(path: Path, cls: type) -> dict[str, Any]:
         raise ValueError(f"--config {path}: expected a table of settings, got {type(values).__name__}")
     hints = typing.get_type_hints(cls)
     known = {f.name for f in dataclasses.fields(cls)}
-    values = {key.replace("-", "_"): value for key, value in values.items()}
+    # Keys from "_" on are about a run, not settings (train_settings.json's `_run`): a run's record is a config.
+    values = {key.replace("-", "_"): value for key, value in values.items() if not key.startswith("_")}
     unknown = sorted(set(values) - known)
     if unknown:
         raise ValueError(f"--config {path}: unknown settings {unknown}; known: {sorted(known)}")

@@ -21,6 +21,7 @@ from berta.data.masking import language_sampling_probabilities
 from berta.io import check_file, texts
 from berta.tokenizer import SpecialTokens, Tokenizer
 
+SENTENCEPIECE_MAX_BYTES = 4192  # SentencePiece's max_sentence_length: longer lines are skipped, not cut
 FAMILY_OF_TYPE = {"bpe": "roberta", "unigram": "xlm-roberta", "wordpiece": "bert"}
 
 
@@ -46,6 +47,7 @@ class TokenizerTrainSettings:
         "help": "Unigram: sentences SentencePiece samples into memory (its input_sentence_size)"})
     seed: int = field(default=0, metadata={"min": 0, "help": "seed of the language sampling"})
     progress: bool = field(default=True, metadata={"help": "show progress bars"})
+    verbose: bool = field(default=False, metadata={"help": "show SentencePiece's own log (unigram)"})
 
 
 def read_lines(path: Path, text_field: str = "text", encoding: str = "utf-8") -> Iterator[str]:
@@ -159,17 +161,28 @@ def _train_unigram(settings: TokenizerTrainSettings, lines: Iterator[str]) -> To
     import sentencepiece
 
     model = io.BytesIO()
+    long_lines = 0
+
+    def counted(lines: Iterator[str]) -> Iterator[str]:
+        nonlocal long_lines
+        for line in lines:
+            long_lines += len(line.encode("utf-8")) > SENTENCEPIECE_MAX_BYTES
+            yield line
+
     sentencepiece.SetRandomGeneratorSeed(settings.seed)  # its sentence sampling and shuffling
     try:
         sentencepiece.SentencePieceTrainer.train(
-            sentence_iterator=lines, model_writer=model, model_type="unigram",
+            sentence_iterator=counted(lines), model_writer=model, model_type="unigram",
             vocab_size=settings.vocab_size - 2,  # fairseq's layout adds <pad> and <mask> to SentencePiece's
             character_coverage=0.9995, input_sentence_size=settings.max_sentences, shuffle_input_sentence=True,
-            minloglevel=0 if settings.progress else 2,
+            minloglevel=0 if settings.verbose else 2,  # its C++ log; skipped lines are summarised below
             unk_id=0, bos_id=1, eos_id=2, pad_id=-1,
         )
     except RuntimeError as error:  # e.g. "Vocabulary size too high" for a small corpus
         raise ValueError(f"SentencePiece training failed: {error}") from error
+    if long_lines:
+        print(f"berta: SentencePiece skipped {long_lines:,} lines longer than {SENTENCEPIECE_MAX_BYTES} bytes "
+              "(its max_sentence_length)")
     settings.output.mkdir(parents=True, exist_ok=True)
     path = settings.output / "sentencepiece.bpe.model"
     path.write_bytes(model.getvalue())

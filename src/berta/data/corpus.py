@@ -72,7 +72,7 @@ class PrepareSettings:
     block_size: int = field(default=512, metadata={"min": 8, "help": "tokens per sample, special tokens included"})
     validation_fraction: float = field(default=0.01, metadata={"min": 0, "max": 0.99,
         "help": "share of documents held out for validation, chosen by a hash of each document's text"})
-    workers: int = field(default=1, metadata={"min": 1, "help": "tokenizing processes"})
+    num_workers: int = field(default=1, metadata={"min": 1, "aliases": ("--workers",), "help": "tokenizing processes"})
     text_field: str = field(default="text", metadata={"help": "JSONL field holding a document's text"})
     document_separator: DocumentSeparator = field(default="newline", metadata={
         "help": "plain text: one document per line (newline) or documents separated by blank lines, one "
@@ -413,8 +413,8 @@ def _check_settings(settings: PrepareSettings) -> None:
         raise ValueError(f"--block-size {settings.block_size}: expected at least 8 tokens")
     if not 0.0 <= settings.validation_fraction < 1.0:
         raise ValueError(f"--validation-fraction {settings.validation_fraction}: expected a value in [0, 1)")
-    if settings.workers < 1:
-        raise ValueError(f"--workers {settings.workers}: expected at least 1")
+    if settings.num_workers < 1:
+        raise ValueError(f"--num-workers {settings.num_workers}: expected at least 1")
     if settings.shard_megabytes <= 0:
         raise ValueError(f"--shard-megabytes {settings.shard_megabytes}: expected a positive size")
     if settings.parallel and len(settings.languages) != 2:
@@ -430,7 +430,9 @@ def _check_settings(settings: PrepareSettings) -> None:
 def _progress(enabled: bool) -> Any:
     from tqdm.auto import tqdm
 
-    return tqdm(unit=" docs", unit_scale=True, disable=not enabled, file=sys.stderr, desc="prepare")
+    on_terminal = sys.stderr.isatty()  # no bar in a redirected log; the summary line still comes
+    return tqdm(unit=" docs", unit_scale=True, disable=not enabled or not on_terminal, file=sys.stderr,
+                desc="prepare")
 
 
 def prepare(settings: PrepareSettings) -> dict[str, Any]:
@@ -465,20 +467,20 @@ def prepare(settings: PrepareSettings) -> dict[str, Any]:
 
     jobs = _jobs(settings, tokenizer.fingerprint, dtype)
     try:
-        if settings.workers == 1:
+        if settings.num_workers == 1:
             for job in jobs:
                 done = _finished_record(job, output)
                 reused += done is not None
                 finish(done or _tokenize_shard(job, tokenizer, *arguments))
         else:
             context = multiprocessing.get_context("spawn")  # a fresh interpreter: no forked tokenizer threads
-            with context.Pool(settings.workers, _worker_start, (settings.tokenizer, arguments)) as pool:
+            with context.Pool(settings.num_workers, _worker_start, (settings.tokenizer, arguments)) as pool:
                 pending: deque = deque()  # at most 2 shards per worker in flight: memory stays bounded
                 for job in jobs:
                     done = _finished_record(job, output)
                     reused += done is not None
                     pending.append(done if done is not None else pool.apply_async(_worker_run, (job,)))
-                    while len(pending) > 2 * settings.workers or (pending and isinstance(pending[0], dict)):
+                    while len(pending) > 2 * settings.num_workers or (pending and isinstance(pending[0], dict)):
                         head = pending.popleft()
                         finish(head if isinstance(head, dict) else head.get())
                 while pending:

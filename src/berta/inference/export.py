@@ -41,12 +41,25 @@ DEFAULT_OPSET = 17
 class ExportSettings:
     """Settings of `berta export onnx`."""
 
-    model: Path = field(metadata={"help": "model directory (config.json + model.safetensors)", "positional": True})
-    output: Path = field(metadata={"help": "ONNX file to write", "positional": True})
+    model: Path | None = field(default=None, metadata={
+        "help": "model directory (config.json + model.safetensors) [required]"})
+    output: Path | None = field(default=None, metadata={"help": "ONNX file to write [required]"})
     opset: int = field(default=DEFAULT_OPSET, metadata={"min": 1, "help": "ONNX opset version"})
     tolerance: float = field(
         default=1e-4, metadata={"above": 0, "help": "largest allowed difference to berta on the check batch (fp32)"}
     )
+    # The older form `berta export onnx MODEL OUTPUT`, kept: --model and --output are what every job takes.
+    paths: list[Path] = field(default_factory=list, metadata={
+        "positional": True, "optional_positional": True, "help": "MODEL OUTPUT: the same as --model MODEL "
+                                                                 "--output OUTPUT"})
+
+    def __post_init__(self) -> None:
+        if self.paths:
+            if len(self.paths) != 2 or self.model is not None or self.output is not None:
+                raise ValueError("export onnx takes --model MODEL --output OUTPUT, or the two paths MODEL OUTPUT, "
+                                 f"not both; got paths {[str(p) for p in self.paths]}")
+            self.model, self.output = self.paths
+            self.paths = []
 
 
 class _GraphOutputs(nn.Module):
@@ -194,6 +207,8 @@ def export(settings: ExportSettings) -> Path:
     """
     from berta.checkpoints.hf import load
 
+    if settings.model is None or settings.output is None:
+        raise ValueError("export onnx needs --model MODEL and --output OUTPUT")
     model = load(settings.model, dtype=torch.float32)
     path = export_onnx(model, settings.output, opset=settings.opset)
     difference = verify_onnx(model, path)

@@ -16,7 +16,7 @@ class FillMaskSettings:
     texts: list[str] = field(metadata={"positional": True, "help": "texts holding the mask token (<mask>, [MASK])"})
     model: str = field(metadata={"help": "model directory with its tokenizer (a pretraining run's model/)"})
     top_k: int = field(default=5, metadata={"min": 1, "help": "fillers shown per mask"})
-    device: str = field(default="cpu", metadata={"help": "cpu, cuda, cuda:1, ..."})
+    device: str = field(default="auto", metadata={"help": "auto (GPU when there is one), cpu, cuda, cuda:1, ..."})
 
 
 def fill_mask(settings: FillMaskSettings) -> list[list[list[dict[str, Any]]]]:

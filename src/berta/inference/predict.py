@@ -215,7 +215,7 @@ def _write_records(pipe: Pipeline, method: str, records: list[Record], settings:
                    progress: bool) -> None:
     chunk = settings.batch_size * 16  # results stream out chunk by chunk; each chunk is length-sorted inside
     bar = None
-    if progress:
+    if progress and sys.stderr.isatty():  # tqdm only on a terminal
         from tqdm import tqdm
 
         bar = tqdm(total=len(records), unit="inputs", desc="predict", dynamic_ncols=True)

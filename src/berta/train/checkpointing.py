@@ -228,7 +228,13 @@ def _optimizer_state(run: RunState) -> dict[str, Any]:
     return run.optimizer.state_dict()
 
 
-def write_settings(output_dir: Path, settings: dict[str, Any]) -> None:
-    """`train_settings.json`: the settings of the job that last ran in the directory (a `--config` file)."""
-    atomic_write_json(output_dir / "train_settings.json", settings)
+def write_settings(output_dir: Path, record: Any) -> None:
+    """`train_settings.json`: the whole job that last ran in the directory, so the directory alone says how it
+    was made: every setting (task, model, data paths, columns, max length...) under its field name, so that
+    `--config runs/x/train_settings.json` takes it back, and under `_run` (which `--config` skips) the job, the
+    berta version and the fingerprints of the base model and the data files."""
+    import importlib.metadata
+
+    about = {"job": record.job, "berta_version": importlib.metadata.version("berta"), "fingerprints": record.data}
+    atomic_write_json(output_dir / "train_settings.json", {**record.settings, "_run": about})
 

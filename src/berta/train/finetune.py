@@ -88,7 +88,8 @@ class FinetuneSettings(TaskOptions, TrainSettings):
     batch_size: int = field(default=32, metadata={"min": 1, "help": "sequences per step (RoBERTa GLUE: 16 or 32)"})
     epochs: int = field(default=3, metadata={"min": 1, "help": "passes over the training data"})
     weight_decay: float = field(default=0.1, metadata={"min": 0, "help": "AdamW weight decay (RoBERTa GLUE: 0.1)"})
-    eval_every: int = field(default=0, metadata={"min": 0, "help": "steps between validations (0: every epoch)"})
+    eval_every: int = field(default=0, metadata={"min": 0,
+                                                 "help": "steps between validations (0: at the end of every epoch)"})
     save_every: int = field(default=0, metadata={"min": 0, "help": "steps between checkpoints (0: at the end only)"})
     best_metric: str = field(
         default="", metadata={"help": "validation metric of the best model, e.g. val_f1 (default: the task's)"}
@@ -148,7 +149,7 @@ def main_metric(task: Task) -> str:
 
 def _scalars(result: dict[str, Any], prefix: str = "") -> dict[str, float]:
     return {
-        f"{prefix}{key}": float(value) for key, value in result.items()
+        f"{prefix}{key}": value if isinstance(value, int) else float(value) for key, value in result.items()
         if isinstance(value, int | float) and not isinstance(value, bool)
     }
 
@@ -210,7 +211,9 @@ def finetune(settings: FinetuneSettings) -> dict[str, Any]:
     loop_settings = _loop_settings(settings, main_metric(task), len(train_features))
     record = RunRecord.of(
         "finetune", settings, {"--train": file_fingerprint(settings.train),
-                               "--validation": file_fingerprint(settings.validation)},
+                               "--validation": file_fingerprint(settings.validation),
+                               "--model": file_fingerprint(model_path / "model.safetensors")
+                               if (model_path / "model.safetensors").is_file() else "(no model.safetensors)"},
         identity=("task", "model"), may_change=MAY_CHANGE_ON_RESUME | {"eval"},
     )
     result = train(

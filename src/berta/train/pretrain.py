@@ -41,7 +41,7 @@ class PretrainSettings(TrainSettings):
     """Settings of `berta pretrain`: the loop's settings plus data, model and masking.
 
     Defaults are RoBERTa-base's pretraining recipe (Liu et al. 2019, table 9; fairseq `examples/roberta`):
-    peak lr 6e-4, 500k steps with 24k warm-up, AdamW (0.9, 0.98, 1e-6), weight decay 0.01, no clipping, 15%
+    peak lr 6e-4, 500k steps (`--max-steps 500000`; the default is `--epochs` passes) with 24k warm-up, AdamW (0.9, 0.98, 1e-6), weight decay 0.01, no clipping, 15%
     dynamic masking with 80/10/10. RoBERTa's global batch of 8k sequences is `--batch-size` x `--grad-accum` x
     processes (e.g. 32 x 32 on 8 GPUs).
 
@@ -55,10 +55,13 @@ class PretrainSettings(TrainSettings):
         metadata={"help": f"a preset ({', '.join(sorted(PRESETS))}) to train from scratch, or a model directory"}
     )
     output: Path = field(metadata={"help": "run directory: checkpoints, metrics.jsonl, model/ (resumed if present)"})
-    max_steps: int = field(default=500_000, metadata={"min": 0, "help": "optimizer steps (RoBERTa: 500k)"})
+    # Not RoBERTa's 500k steps by default: a CPU user's first run ends. The recipe is `--max-steps 500000`.
+    max_steps: int = field(default=0, metadata={"min": 0, "help": "optimizer steps (0: --epochs passes over the "
+                                                                  "data; RoBERTa's recipe: 500000)"})
     warmup_ratio: float = field(default=0.048, metadata={"min": 0, "max": 1,
                                                          "help": "warm-up share of the steps (RoBERTa: 24k of 500k)"})
-    eval_every: int = field(default=1000, metadata={"min": 0, "help": "steps between validations (0: only at the end)"})
+    eval_every: int = field(default=1000, metadata={"min": 0,
+                                                    "help": "steps between validations (0: at the end of every epoch)"})
     mask_prob: float = field(default=0.15, metadata={"above": 0, "max": 1,
                                                      "help": "share of tokens predicted (BERT, RoBERTa: 0.15)"})
     random_token_prob: float = field(default=0.1, metadata={"min": 0, "max": 1,
@@ -135,7 +138,7 @@ def pretrain(settings: PretrainSettings) -> TrainResult:
     if len(train_data.languages) > 1 and not train_data.parallel:
         sampler = LanguageSampler(train_data.sample_languages, alpha=settings.language_alpha, seed=settings.seed)
         sample_order = sampler.indices
-    if settings.eval_every and evaluate is not None and not settings.best_metric:
+    if evaluate is not None and not settings.best_metric:
         settings.best_metric = "val_loss"
     # The prepared data is its manifest: block size, tokenizer fingerprint and the checksums of every shard.
     record = RunRecord.of("pretrain", settings, {"--data": file_fingerprint(Path(settings.data) / "manifest.json")},

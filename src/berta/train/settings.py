@@ -74,7 +74,8 @@ class TrainSettings:
     shuffle: bool = field(default=True, metadata={"help": "shuffle the data each epoch (order drawn from seed, epoch)"})
     seed: int = field(default=1, metadata={"min": 0, "help": "random seed (fairseq default: 1)"})
     log_every: int = field(default=10, metadata={"min": 1, "help": "steps between metrics.jsonl records"})
-    eval_every: int = field(default=0, metadata={"min": 0, "help": "steps between evaluations (0: only at the end)"})
+    eval_every: int = field(default=0, metadata={"min": 0,
+                                                 "help": "steps between evaluations (0: at the end of every epoch)"})
     save_every: int = field(default=1000, metadata={"min": 0, "help": "steps between checkpoints (0: only at the end)"})
     keep_last: int = field(
         default=2,
@@ -86,7 +87,8 @@ class TrainSettings:
     best_metric: str = field(
         default="", metadata={"help": "evaluation metric that selects the best model, e.g. val_loss (empty: none)"}
     )
-    best_mode: Literal["min", "max"] = field(default="min", metadata={"help": "whether lower or higher is better"})
+    best_mode: Literal["auto", "min", "max"] = field(
+        default="auto", metadata={"help": "whether lower or higher is better (auto: min for losses, else max)"})
     early_stopping: int = field(
         default=0, metadata={"min": 0, "help": "stop after this many evaluations without improvement (0: never)"}
     )
@@ -99,7 +101,9 @@ class TrainSettings:
                           "existing run aside (OUTPUT.old) and starts over"},
     )
     progress: bool = field(default=True, metadata={"help": "show a progress bar"})
-    tensorboard: bool = field(default=True, metadata={"help": "write OUTPUT/tensorboard if tensorboard is installed"})
+    tensorboard: bool = field(default=True, metadata={
+        "help": "write OUTPUT/tensorboard; needs the tensorboard package (without it: metrics.jsonl only, and no "
+                "warning)"})
     plot: bool = field(default=True, metadata={"help": "draw OUTPUT/curves.png (loss, lr) at the end"})
 
     def validate(self) -> None:
@@ -124,7 +128,7 @@ class TrainSettings:
             raise ValueError(f"precision must be auto, fp32, bf16 or fp16, got {self.precision!r}")
         if self.distributed not in ("ddp", "fsdp"):
             raise ValueError(f"distributed must be ddp or fsdp, got {self.distributed!r}")
-        if self.best_mode not in ("min", "max"):
-            raise ValueError(f"best_mode must be min or max, got {self.best_mode!r}")
+        if self.best_mode not in ("auto", "min", "max"):
+            raise ValueError(f"--best-mode {self.best_mode!r}: expected auto, min or max")
         if (self.early_stopping or self.restore_best) and not self.best_metric:
-            raise ValueError("early_stopping and restore_best need best_metric (e.g. val_loss)")
+            raise ValueError("--early-stopping and --restore-best need --best-metric (e.g. val_loss)")
