@@ -43,8 +43,8 @@ class PretrainSettings(TrainSettings):
     Defaults are RoBERTa-base's pretraining recipe (Liu et al. 2019, table 9; fairseq `examples/roberta`):
     peak lr 6e-4, warm-up 4.8% of the steps, AdamW (0.9, 0.98, 1e-6), weight decay 0.01, no clipping, 15%
     dynamic masking with 80/10/10 — except the length: `--epochs` passes, not RoBERTa's 500k steps
-    (`--max-steps 500000`), so a first run on a CPU ends. RoBERTa's global batch of 8k sequences is `--batch-size` x `--grad-accum` x
-    processes (e.g. 32 x 32 on 8 GPUs).
+    (`--max-steps 500000`), so a first run on a CPU ends. RoBERTa's global batch of 8k sequences is
+    `--batch-size` x `--grad-accum` x processes (e.g. 32 x 32 on 8 GPUs).
 
     Example:
         >>> PretrainSettings(data=Path("data"), model="tiny", output=Path("runs/tiny"), max_steps=100).mask_prob
