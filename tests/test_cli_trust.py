@@ -212,7 +212,7 @@ def test_prepare_on_blank_input_says_no_text_and_leaves_nothing(tmp_path):
         assert not (tmp_path / "data").exists()
 
 
-def test_encoding_reads_non_utf8_input(tmp_path):
+def test_encoding_reads_non_utf8_input(tmp_path, tiny_encoder):
     latin1 = tmp_path / "latin1.txt"
     latin1.write_bytes("Un café à Zürich.\nÉté brûlant.\n".encode("latin-1"))
     with pytest.raises(SystemExit, match=r"latin1.txt line 1: not valid utf-8 text .* pass --encoding"):
@@ -228,6 +228,12 @@ def test_encoding_reads_non_utf8_input(tmp_path):
     from berta.data.readers import read_table
 
     assert read_table(csv, "text", label_column="label", encoding="latin-1")[0].text == "café"
+    train = tmp_path / "train.csv"
+    train.write_bytes("".join(["text,label\n"] + [f"café {i},{'à' if i % 2 else 'é'}\n" for i in range(6)]).encode(
+        "latin-1"))
+    main(finetune_args(tiny_encoder, train, train, tmp_path / "run", "--encoding", "latin-1", "--epochs", "1"))
+    config = json.loads((tmp_path / "run" / "model" / "config.json").read_text(encoding="utf-8"))
+    assert sorted(config["id2label"].values()) == ["à", "é"]
 
 
 # ------------------------------------------------------------------------------------------ one CLI

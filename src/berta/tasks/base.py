@@ -49,6 +49,7 @@ class Options:
         metadata={"min": 8,
                   "help": "tokens per sequence (QA: per window), special tokens included (default: the task's)"},
     )
+    encoding: str = dataclasses.field(default="utf-8", metadata={"help": "text encoding of the data files"})
 
 
 class Task:
@@ -78,6 +79,7 @@ class Task:
     outputs: ClassVar[tuple[str, ...]] = ("logits",)
     per_token: ClassVar[bool] = False
     max_length: int
+    encoding: str = "utf-8"  # of the files `read` reads; `finetune` / `evaluate` set it from --encoding
 
     @classmethod
     def from_options(cls, tokenizer: Tokenizer, options: Any, id2label: Mapping[int, str] | None = None,

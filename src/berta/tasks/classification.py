@@ -139,7 +139,8 @@ class ClassificationTask(Task):
 
     def read(self, path: str | Path, labelled: bool = True) -> list[TextExample]:
         """Examples of a CSV / TSV / JSONL file, with labels unless `labelled=False`."""
-        return read_table(path, self.text_column, self.text_pair_column, self.label_column if labelled else None)
+        return read_table(path, self.text_column, self.text_pair_column, self.label_column if labelled else None,
+                          encoding=self.encoding)
 
     def fit_labels(self, examples: Sequence[TextExample]) -> dict[int, str]:
         """Set the problem type and the label set from training examples; returns `id2label`."""

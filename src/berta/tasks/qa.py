@@ -110,7 +110,7 @@ class QATask(Task):
     def read(self, path: str | Path, labelled: bool = True) -> list[QAExample]:
         """Questions of a SQuAD JSON file; questions whose answers do not match their offsets are skipped, counted
         in one log line and listed in the result's `skipped` (the report's `skipped`)."""
-        return read_squad(path)
+        return read_squad(path, encoding=self.encoding)
 
     def fit_labels(self, examples: Sequence[QAExample]) -> None:
         """QA has no label set; the training data decides whether unanswerable questions are predicted."""

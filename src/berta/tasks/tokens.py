@@ -170,7 +170,7 @@ class TokenTask(Task):
 
     def read(self, path: str | Path, labelled: bool = True) -> list[Sentence]:
         """Sentences of a CoNLL file (tags from `tag_column` unless `labelled=False`)."""
-        return read_conll(path, self.token_column, self.tag_column if labelled else None)
+        return read_conll(path, self.token_column, self.tag_column if labelled else None, encoding=self.encoding)
 
     def fit_labels(self, sentences: Sequence[Sentence]) -> dict[int, str]:
         """The tag set of the training sentences; returns `id2label`."""

@@ -133,7 +133,9 @@ def build_task(name: str, tokenizer: Tokenizer, options: Any, id2label: dict[int
     """
     if name not in TASK_NAMES:
         raise ValueError(f"unknown task {name!r}; tasks are {list(TASK_NAMES)}")
-    return tasks.get(name).from_options(tokenizer, options, id2label=id2label, problem_type=problem_type)
+    task = tasks.get(name).from_options(tokenizer, options, id2label=id2label, problem_type=problem_type)
+    task.encoding = getattr(options, "encoding", "utf-8")
+    return task
 
 
 def main_metric(task: Task) -> str:
@@ -328,6 +330,7 @@ def evaluate(settings: EvaluateSettings) -> dict[str, Any]:
     model.to(resolve_device(settings.device))
     tokenizer = Tokenizer.from_pretrained(model_path)
     task = tasks.get(model.task).from_checkpoint(tokenizer, settings, model.config)
+    task.encoding = settings.encoding
     _fit_length(task, model, settings.max_length)
     examples = task.read(settings.data)
     task.fit_evaluation(examples)
