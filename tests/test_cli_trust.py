@@ -281,6 +281,7 @@ def test_train_settings_json_records_the_whole_job_and_config_takes_it_back(tmp_
         main(args)  # progress on, output not a terminal: plain lines, no bar
     assert re.search(r"step 6/6: loss \d+\.\d{4}, \d+ tokens/s", caplog.text)  # 8 examples / 4, 3 epochs
     assert "tensorboard" not in caplog.text
+    assert "training 6 steps of 4 sequences: 3 epochs (--epochs; --max-steps sets steps instead)" in caplog.text
     recorded = json.loads((tmp_path / "run" / "train_settings.json").read_text())
     assert recorded["task"] == "classification" and recorded["model"] == str(tiny_encoder)
     assert (recorded["train"], recorded["validation"]) == (str(train), str(dev))

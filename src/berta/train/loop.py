@@ -237,6 +237,10 @@ def _start(job: Job, distributed: Distributed, device: torch.device) -> RunState
                         distributed.rank)
             seed_everything(settings.seed + distributed.rank + progress.step)
     if distributed.main:
+        length = (f"--max-steps {settings.max_steps}" if settings.max_steps else
+                  f"{settings.epochs} epoch{'s' * (settings.epochs != 1)} (--epochs; --max-steps sets steps instead)")
+        log.info("training %d steps of %d sequences: %s, %d steps per epoch", total_steps, global_batch, length,
+                 steps_per_epoch)
         write_settings(job.output_dir, job.record)
     return run
 
