@@ -432,8 +432,10 @@ class Server:
             from berta.inference.pipeline import TASK_METHODS
 
             serving = [task for task, methods in TASK_METHODS.items() if method in methods]
+            architecture = (getattr(self.pipe.config, "extra", {}).get("architectures") or [self.pipe.task])[0]
             raise ClientError(400, f"this route needs a {' or '.join(serving)} model, but the loaded model's task "
-                                   f"is {self.pipe.task!r}; it serves {self._routes_served()}", "task")
+                                   f"is {self.pipe.task!r} (a {architecture} checkpoint, without a trained "
+                                   f"{' or '.join(serving)} head); it serves {self._routes_served()}", "task")
 
     def _routes_served(self) -> str:
         routes = {"embed": "/embed, /v1/embeddings", "classify": "/predict", "tag": "/tag", "answer": "/answer",
