@@ -293,3 +293,34 @@ def test_train_settings_json_records_the_whole_job_and_config_takes_it_back(tmp_
     _, original = parse(args)
     _, again = parse(["finetune", "--config", str(tmp_path / "run" / "train_settings.json")])
     assert again == original
+
+
+# --------------------------------------------------------------------------------------- one I/O module
+
+
+def test_one_rule_for_json_and_compression_in_every_text_reader(tmp_path):
+    import bz2
+    import csv
+    import lzma
+
+    from berta.data.readers import read_table
+    from berta.tokenizer_train import read_lines
+
+    records = "".join(json.dumps({"text": t}) + "\n" for t in ("first line", "second line"))
+    for name, data in (("a.jsonl", records.encode()), ("b.jsonl.bz2", bz2.compress(records.encode())),
+                       ("c.ndjson.xz", lzma.compress(records.encode()))):
+        (tmp_path / name).write_bytes(data)
+        assert list(read_lines(tmp_path / name)) == ["first line", "second line"], name
+    document = tmp_path / "d.json"
+    document.write_text(records)
+    message = "a .json file is one JSON document; text input is plain text or JSON Lines"
+    with pytest.raises(ValueError, match=re.escape(message)):
+        list(read_lines(document))
+    with pytest.raises(SystemExit, match=re.escape(message)):
+        main(["prepare", "--tokenizer", "roberta", "--output", str(tmp_path / "data"), str(document)])
+    assert not (tmp_path / "data").exists()
+    table = tmp_path / "quoted.csv.xz"  # a quoted field over two lines, as Python's csv writes it
+    with lzma.open(table, "wt", newline="", encoding="utf-8") as handle:
+        csv.writer(handle).writerows([["text", "label"], ["one\nfield, two lines", "a"], ["next", "b"]])
+    rows = read_table(table, "text", label_column="label")
+    assert [(r.text, r.label, r.line) for r in rows] == [("one\nfield, two lines", "a", 2), ("next", "b", 4)]

@@ -98,7 +98,8 @@ class Task:
     @classmethod
     def own_options(cls, options: Any) -> Any:
         """`cls.options` filled from the same-named attributes of `options` (the job's settings)."""
-        return cls.options(**{f.name: getattr(options, f.name) for f in dataclasses.fields(cls.options)})
+        return cls.options(**{f.name: getattr(options, f.name) for f in dataclasses.fields(cls.options)
+                              if hasattr(options, f.name) or f.default is dataclasses.MISSING})
 
     @classmethod
     def length(cls, options: Any) -> int:
