@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import io
 import random
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -130,6 +131,7 @@ def _train_with_tokenizers(settings: TokenizerTrainSettings, lines: Iterator[str
     from tokenizers.models import BPE, WordPiece
 
     family = FAMILY_OF_TYPE[settings.type]
+    bars = settings.progress and sys.stderr.isatty()  # the trainers' bars only on a terminal
     special = SpecialTokens.of(family)
     if settings.type == "bpe":
         # fairseq's order for the first ids: <s>=0, <pad>=1, </s>=2, <unk>=3; then <mask>
@@ -138,7 +140,7 @@ def _train_with_tokenizers(settings: TokenizerTrainSettings, lines: Iterator[str
         backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
         backend.decoder = decoders.ByteLevel()
         trainer = trainers.BpeTrainer(vocab_size=settings.vocab_size, min_frequency=settings.min_frequency,
-                                      special_tokens=special_tokens, show_progress=settings.progress,
+                                      special_tokens=special_tokens, show_progress=bars,
                                       initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
     else:
         # BERT's order: [PAD]=0 ... so padding rows are zeros; the rest follow
@@ -149,7 +151,7 @@ def _train_with_tokenizers(settings: TokenizerTrainSettings, lines: Iterator[str
         backend.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
         backend.decoder = decoders.WordPiece(prefix="##")
         trainer = trainers.WordPieceTrainer(vocab_size=settings.vocab_size, min_frequency=settings.min_frequency,
-                                            special_tokens=special_tokens, show_progress=settings.progress,
+                                            special_tokens=special_tokens, show_progress=bars,
                                             continuing_subword_prefix="##")
     backend.train_from_iterator(lines, trainer=trainer, length=expected or None)
     return Tokenizer.from_backend(backend, family, special)
