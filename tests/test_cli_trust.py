@@ -342,3 +342,15 @@ def test_sentencepiece_is_quiet_unless_verbose_and_its_skipped_lines_are_summari
     assert "SentencePiece skipped 1 lines longer than 4192 bytes" in captured.out
     main([*command[:-1], "--verbose", str(corpus)])
     assert "trainer_interface" in capfd.readouterr().err
+
+
+def test_qa_default_stride_on_a_small_model_says_which_option_to_lower(tmp_path):
+    tokenizer = Tokenizer.from_pretrained("roberta")
+    tokenizer.save(tmp_path / "qa")
+    berta.create(berta.EncoderConfig.preset("tiny").replace(vocab_size=len(tokenizer)), "qa").save(tmp_path / "qa")
+    dev = tmp_path / "dev.json"
+    dev.write_text(json.dumps({"data": [{"paragraphs": [{"context": "Ada lives in Lagos.", "qas": [
+        {"id": "a", "question": "Where?", "answers": [{"text": "Lagos", "answer_start": 13}]}]}]}]}))
+    with pytest.raises(SystemExit, match=r"--stride 128 with --max-query-length 64 does not fit windows of 128 "
+                                         r"tokens \(the model's positions\); pass --stride below 60"):
+        main(["evaluate", "--model", str(tmp_path / "qa"), "--data", str(dev)])

@@ -162,6 +162,12 @@ def _fit_length(task: Any, model: nn.Module, asked: int | None) -> None:
     if asked is not None and asked > longest:
         raise ValueError(f"--max-length {asked} exceeds the model's {longest} positions")
     task.max_length = min(task.max_length, longest)
+    stride, query = getattr(task, "stride", None), getattr(task, "max_query_length", None)
+    if stride is not None and query is not None and not 0 <= stride < task.max_length - query - 4:
+        room = task.max_length - query - 4
+        raise ValueError(f"--stride {stride} with --max-query-length {query} does not fit windows of "
+                         f"{task.max_length} tokens (the model's positions); pass --stride below {max(room, 1)}"
+                         + ("" if room > 1 else " and a smaller --max-query-length"))
 
 
 def finetune(settings: FinetuneSettings) -> dict[str, Any]:
