@@ -94,11 +94,11 @@ def test_input_formats_give_the_same_tokens(tmp_path: Path, tok: Tokenizer) -> N
     assert samples[0] == samples[1] == samples[2]
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"text": "fine"}\n{"title": "no text"}\n')
-    with pytest.raises(ValueError, match=r"bad.jsonl:2: expected a string field 'text'"):
+    with pytest.raises(ValueError, match=r"bad.jsonl line 2: no string field 'text' \(--text-field\)"):
         prepare(_settings([bad], tmp_path / "bad"))
     latin1 = tmp_path / "latin1.txt"
     latin1.write_bytes("ok\ncaf\xe9\n".encode("latin-1"))
-    with pytest.raises(ValueError, match=r"latin1.txt:2: not UTF-8"):
+    with pytest.raises(ValueError, match=r"latin1.txt line 2: not valid utf-8"):
         prepare(_settings([latin1], tmp_path / "latin1"))
 
 
@@ -170,7 +170,7 @@ def test_workers_give_the_same_shards(tmp_path: Path) -> None:
     settings = {"document_separator": "blank-line", "block_size": 64, "shard_megabytes": 0.04,
                 "validation_fraction": 0.05}
     one = prepare(_settings([hamlet], tmp_path / "one", **settings))
-    two = prepare(_settings([hamlet], tmp_path / "two", workers=2, **settings))
+    two = prepare(_settings([hamlet], tmp_path / "two", num_workers=2, **settings))
     assert len(one["shards"]) >= 4
     assert one["shards"] == two["shards"] and one["splits"] == two["splits"]
 

@@ -33,7 +33,8 @@ def close(a: float, b: float) -> bool:
 
 
 def check_classification(predictions, labels, average, positive_label=1):
-    ours = metrics.classification(predictions, labels, average=average, positive_label=positive_label)
+    ours = metrics.classification(predictions=predictions, references=labels, average=average,
+                                  positive_label=positive_label)
     reference = sklearn.metrics.precision_recall_fscore_support(
         labels, predictions, average=average, pos_label=positive_label, zero_division=0
     )
@@ -96,19 +97,19 @@ def test_classification_string_labels_and_positive_label():
     check_classification(predictions, labels, "binary", positive_label="rotten")
     check_classification(predictions, labels, "macro")
     with pytest.raises(ValueError, match="positive_label=1 is not one of the classes"):
-        metrics.classification(predictions, labels, average="binary")
+        metrics.classification(predictions=predictions, references=labels, average="binary")
     with pytest.raises(ValueError, match="at most two classes"):
-        metrics.classification([0, 1, 2], [0, 1, 2], average="binary")
+        metrics.classification(predictions=[0, 1, 2], references=[0, 1, 2], average="binary")
     with pytest.raises(ValueError, match="average must be one of"):
-        metrics.classification([0], [0], average="samples")
+        metrics.classification(predictions=[0], references=[0], average="samples")
     with pytest.raises(ValueError, match="3 predictions but 2 labels"):
-        metrics.classification([0, 1, 0], [0, 1])
+        metrics.classification(predictions=[0, 1, 0], references=[0, 1])
     with pytest.raises(ValueError, match="nothing to score"):
-        metrics.classification([], [])
+        metrics.classification(predictions=[], references=[])
     with pytest.raises(ValueError, match="labels: expected one label per example; use multi_label"):
-        metrics.classification([0, 1], [[0, 1], [1, 0]])
+        metrics.classification(predictions=[0, 1], references=[[0, 1], [1, 0]])
     # numpy arrays and numpy scalars work, and keys come back as plain Python values.
-    result = metrics.classification(np.array([0, 1, 1]), np.array([0, 1, 0]))
+    result = metrics.classification(predictions=np.array([0, 1, 1]), references=np.array([0, 1, 0]))
     assert list(result["per_class"]) == [0, 1] and type(next(iter(result["per_class"]))) is int
 
 
@@ -116,11 +117,11 @@ def test_confusion_matrix_matches_sklearn():
     rng = np.random.default_rng(2)
     labels = rng.integers(0, 4, 60).tolist()
     predictions = rng.integers(0, 5, 60).tolist()
-    order, matrix = metrics.confusion_matrix(predictions, labels)
+    order, matrix = metrics.confusion_matrix(predictions=predictions, references=labels)
     assert order == [0, 1, 2, 3, 4]
     np.testing.assert_array_equal(matrix, sklearn.metrics.confusion_matrix(labels, predictions, labels=order))
     with pytest.raises(ValueError, match=r"labels \['4'\] are not in label_order"):
-        metrics.confusion_matrix(predictions, labels, label_order=[0, 1, 2, 3])
+        metrics.confusion_matrix(predictions=predictions, references=labels, label_order=[0, 1, 2, 3])
 
 
 @pytest.mark.parametrize("average", ["macro", "micro", "weighted"])
@@ -138,7 +139,7 @@ def test_multi_label_matches_sklearn_on_indicator_matrices(average):
         used = sorted(set().union(*labels, *predictions))
         if len(used) < 2:
             continue
-        ours = metrics.multi_label(predictions, labels, average=average)
+        ours = metrics.multi_label(predictions=predictions, references=labels, average=average)
         binarizer = sklearn.preprocessing.MultiLabelBinarizer(classes=used).fit([used])
         gold, predicted = binarizer.transform(labels), binarizer.transform(predictions)
         reference = sklearn.metrics.precision_recall_fscore_support(gold, predicted, average=average,
@@ -158,9 +159,9 @@ def test_multi_label_matches_sklearn_on_indicator_matrices(average):
 
 def test_multi_label_bad_input():
     with pytest.raises(ValueError, match="nothing to score"):
-        metrics.multi_label([set()], [set()])
+        metrics.multi_label(predictions=[set()], references=[set()])
     with pytest.raises(ValueError, match="for multi-label"):
-        metrics.multi_label([{"a"}], [{"a"}], average="binary")
+        metrics.multi_label(predictions=[{"a"}], references=[{"a"}], average="binary")
 
 
 # --------------------------------------------------------------------------- regression (scipy, scikit-learn)
@@ -174,7 +175,7 @@ def test_regression_matches_scipy_on_random_inputs_with_ties():
         predictions = targets + rng.normal(scale=float(rng.uniform(0.1, 3)), size=size)
         if trial % 2:  # integer-valued: many ties, which Spearman must average
             targets, predictions = np.round(targets * 2), np.round(predictions * 2)
-        ours = metrics.regression(predictions.tolist(), targets.tolist())
+        ours = metrics.regression(predictions=predictions.tolist(), references=targets.tolist())
         if np.ptp(predictions) == 0 or np.ptp(targets) == 0:
             continue
         assert close(ours["pearson"], scipy.stats.pearsonr(predictions, targets).statistic)
@@ -187,11 +188,11 @@ def test_regression_constant_input_gives_nan_like_scipy():
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         reference = scipy.stats.pearsonr([1.0, 1.0, 1.0], [1.0, 2.0, 3.0]).statistic
-    ours = metrics.regression([1.0, 1.0, 1.0], [1.0, 2.0, 3.0])
+    ours = metrics.regression(predictions=[1.0, 1.0, 1.0], references=[1.0, 2.0, 3.0])
     assert math.isnan(reference) and math.isnan(ours["pearson"]) and math.isnan(ours["spearman"])
     assert ours["mse"] == pytest.approx(5 / 3)
     with pytest.raises(ValueError, match="at least 2 pairs"):
-        metrics.regression([1.0], [1.0])
+        metrics.regression(predictions=[1.0], references=[1.0])
 
 
 # --------------------------------------------------------------------------- entities (seqeval)
@@ -218,7 +219,7 @@ def random_corpus(rng: random.Random, prefixes: str) -> tuple[list[list[str]], l
 
 
 def check_entities(predicted, gold, scheme="IOB2", strict=False):
-    ours = metrics.entities(predicted, gold, scheme=scheme, strict=strict)
+    ours = metrics.entities(predictions=predicted, references=gold, scheme=scheme, strict=strict)
     if not gold:  # seqeval refuses an empty corpus; nothing found of nothing is 0, as for all-O input
         assert ours == {"precision": 0.0, "recall": 0.0, "f1": 0.0, "number": 0, "accuracy": 0.0, "per_type": {}}
         return
@@ -313,15 +314,15 @@ def test_tags_to_spans_hand_cases():
 
 def test_entities_reject_bad_input():
     with pytest.raises(ValueError, match="tag 'E-PER' is not valid in scheme IOB2"):
-        metrics.entities([["E-PER"]], [["O"]])
+        metrics.entities(predictions=[["E-PER"]], references=[["O"]])
     with pytest.raises(ValueError, match="tag 'PER' is not valid"):
-        metrics.entities([["PER"]], [["O"]])
+        metrics.entities(predictions=[["PER"]], references=[["O"]])
     with pytest.raises(ValueError, match="unknown tagging scheme 'IOE2'"):
-        metrics.entities([["O"]], [["O"]], scheme="IOE2")
+        metrics.entities(predictions=[["O"]], references=[["O"]], scheme="IOE2")
     with pytest.raises(ValueError, match="sequence 1: 1 predicted tags but 2 gold tags"):
-        metrics.entities([["O"], ["O"]], [["O"], ["O", "O"]])
+        metrics.entities(predictions=[["O"], ["O"]], references=[["O"], ["O", "O"]])
     with pytest.raises(ValueError, match="2 predicted sequences but 1 gold sequences"):
-        metrics.entities([["O"], ["O"]], [["O"]])
+        metrics.entities(predictions=[["O"], ["O"]], references=[["O"]])
 
 
 # --------------------------------------------------------------------------- SQuAD (official scripts)
@@ -578,7 +579,7 @@ def test_squad_v1_matches_official_script():
     rng = random.Random(9)
     for _ in range(300):
         references, predictions, _ = random_squad(rng, unanswerable=False)
-        ours = metrics.squad(predictions, references)
+        ours = metrics.squad(predictions=predictions, references=references)
         expected = official_v1_evaluate(as_dataset(references), predictions)
         assert ours == {**expected, "total": len(references)}
 
@@ -586,11 +587,11 @@ def test_squad_v1_matches_official_script():
 def test_squad_v1_missing_prediction_scores_zero_with_a_warning():
     references = {"a": ["Paris"], "b": ["the cat"]}
     with pytest.warns(UserWarning, match=r"1 of 2 questions have no prediction and score 0: \['b'\]"):
-        ours = metrics.squad({"a": "paris!"}, references)
+        ours = metrics.squad(predictions={"a": "paris!"}, references=references)
     assert ours == {**official_v1_evaluate(as_dataset(references), {"a": "paris!"}), "total": 2}
     assert ours["exact_match"] == 50.0
     with pytest.warns(UserWarning):
-        assert metrics.squad({}, references) == {"exact_match": 0.0, "f1": 0.0, "total": 2}
+        assert metrics.squad(predictions={}, references=references) == {"exact_match": 0.0, "f1": 0.0, "total": 2}
 
 
 @pytest.mark.parametrize("threshold", [1.0, 0.5, 0.0])
@@ -601,20 +602,24 @@ def test_squad_v2_matches_official_script(threshold):
         dataset = as_dataset(references)
         expected = official_v2_evaluate(dataset, predictions, na_prob_thresh=threshold)
         expected["exact_match"] = expected.pop("exact")
-        assert metrics.squad(predictions, references, threshold=threshold, version="2.0") == expected
+        assert metrics.squad(predictions=predictions, references=references, threshold=threshold,
+                             version="2.0") == expected
         expected = official_v2_evaluate(dataset, predictions, probabilities, na_prob_thresh=threshold)
         expected["exact_match"] = expected.pop("exact")
-        assert metrics.squad(predictions, references, probabilities, threshold=threshold) == expected
+        assert metrics.squad(predictions=predictions, references=references, no_answer_probabilities=probabilities,
+                             threshold=threshold) == expected
 
 
 def test_squad_hand_cases():
     # Normalisation: case, punctuation, articles and whitespace do not matter.
-    assert metrics.squad({"q": "  The  Eiffel tower."}, {"q": ["eiffel Tower"]})["exact_match"] == 100.0
+    result = metrics.squad(predictions={"q": "  The  Eiffel tower."}, references={"q": ["eiffel Tower"]})
+    assert result["exact_match"] == 100.0
     # Partial overlap: F1 from the bag of tokens, best gold answer wins.
-    result = metrics.squad({"q": "in Paris France"}, {"q": ["Paris", "Paris, France"]})
+    result = metrics.squad(predictions={"q": "in Paris France"}, references={"q": ["Paris", "Paris, France"]})
     assert result == {"exact_match": 0.0, "f1": pytest.approx(100 * 0.8), "total": 1}
     # v2: an unanswerable question is right only with "", and gets its own NoAns figures.
-    result = metrics.squad({"q1": "", "q2": "Paris", "q3": ""}, {"q1": [], "q2": ["Paris"], "q3": ["Rome"]})
+    result = metrics.squad(predictions={"q1": "", "q2": "Paris", "q3": ""},
+                           references={"q1": [], "q2": ["Paris"], "q3": ["Rome"]})
     assert result == {
         "exact_match": pytest.approx(200 / 3), "f1": pytest.approx(200 / 3), "total": 3,
         "HasAns_exact": 50.0, "HasAns_f1": 50.0, "HasAns_total": 2,
@@ -622,9 +627,9 @@ def test_squad_hand_cases():
     }
     # With no-answer probabilities: answering only below 0.4 would get all three right.
     result = metrics.squad(
-        {"q1": "Oslo", "q2": "Paris", "q3": "Milan"},
-        {"q1": [], "q2": ["Paris"], "q3": ["Rome"]},
-        {"q1": 0.9, "q2": 0.2, "q3": 0.4},
+        predictions={"q1": "Oslo", "q2": "Paris", "q3": "Milan"},
+        references={"q1": [], "q2": ["Paris"], "q3": ["Rome"]},
+        no_answer_probabilities={"q1": 0.9, "q2": 0.2, "q3": 0.4},
     )
     assert (result["best_exact"], result["best_exact_thresh"]) == (pytest.approx(200 / 3), 0.2)
     assert result["exact_match"] == pytest.approx(100 / 3)
@@ -632,10 +637,22 @@ def test_squad_hand_cases():
 
 def test_squad_bad_input():
     with pytest.raises(ValueError, match="nothing to score"):
-        metrics.squad({}, {})
+        metrics.squad(predictions={}, references={})
     with pytest.raises(ValueError, match=r"have no prediction \(use '' for no answer\): \['q2'\]"):
-        metrics.squad({"q1": ""}, {"q1": [], "q2": ["x"]})
+        metrics.squad(predictions={"q1": ""}, references={"q1": [], "q2": ["x"]})
     with pytest.raises(ValueError, match=r"no no-answer probability: \['q2'\]"):
-        metrics.squad({"q1": "", "q2": "x"}, {"q1": [], "q2": ["x"]}, {"q1": 0.5})
+        metrics.squad(predictions={"q1": "", "q2": "x"}, references={"q1": [], "q2": ["x"]},
+                      no_answer_probabilities={"q1": 0.5})
     with pytest.raises(ValueError, match="v1.1 has no unanswerable questions"):
-        metrics.squad({"q1": ""}, {"q1": []}, version="1.1")
+        metrics.squad(predictions={"q1": ""}, references={"q1": []}, version="1.1")
+
+
+def test_metric_inputs_are_keyword_only():
+    # scikit-learn's order is (y_true, y_pred); ours was (predictions, labels): a positional call cannot swap them.
+    for function, arguments in ((metrics.classification, ([1, 0], [1, 1])), (metrics.multi_label, ([{"a"}], [{"a"}])),
+                                (metrics.regression, ([1.0, 2.0], [1.0, 3.0])), (metrics.entities, ([["O"]], [["O"]])),
+                                (metrics.squad, ({"q": "a"}, {"q": ["a"]})), (metrics.confusion_matrix, ([1], [1]))):
+        with pytest.raises(TypeError, match="positional argument"):
+            function(*arguments)
+    result = metrics.classification(predictions=[1, 1, 0, 0], references=[1, 0, 0, 0], average="binary")
+    assert (result["precision"], result["recall"]) == (0.5, 1.0)  # as sklearn's precision_score(y_true, y_pred)

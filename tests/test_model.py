@@ -335,7 +335,7 @@ def test_masked_positions_score_only_selected_tokens(tmp_path):
 def test_new_head_on_pretrained_encoder_is_initialised_and_reported(tmp_path, caplog):
     hf_model("roberta", "masked-lm").save_pretrained(tmp_path)
     with caplog.at_level("WARNING"):
-        model = berta.load(tmp_path, task="classification", id2label={0: "neg", 1: "pos"})
+        model = berta.load(tmp_path, task="classification", id2label={0: "neg", 1: "pos"}, new_head="init")
     assert sorted(model.load_report.initialised) == [
         "head.dense.bias",
         "head.dense.weight",
@@ -354,9 +354,15 @@ def test_save_keeps_tokenizer_files_and_writes_no_temporary_files(tmp_path):
         shutil.copy(directory / name, tmp_path / name)
     model = berta.load(directory)
     model.save(tmp_path)
+    # The loaded encoder carries its sentence-transformers files and the rest of its tokenizer (issue 9).
     assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "1_Pooling",
         "config.json",
+        "config_sentence_transformers.json",
         "model.safetensors",
+        "modules.json",
+        "sentence_bert_config.json",
+        "special_tokens_map.json",
         "tokenizer.json",
         "tokenizer_config.json",
         "vocab.txt",

@@ -181,8 +181,8 @@ def test_read_conll_tab_separated_tokens_with_spaces(tmp_path):
     [
         ("EU B-ORG\nrejects\n", {}, "line 2: 1 fields, expected 2 as on line 1: 'rejects'"),
         ("EU NNP B-ORG\n\nx y\n", {}, "line 3: 2 fields, expected 3 as on line 1"),
-        ("EU B-ORG\n", {"tag_column": 3}, "line 1: tag_column=3 but the line has 2 fields"),
-        ("EU\n", {}, "token_column=0 and tag_column=-1 are the same column of 1"),
+        ("EU B-ORG\n", {"tag_column": 3}, "line 1: tag column 3 but the line has 2 fields"),
+        ("EU\n", {}, "line 1: 1 field per line, expected a token and its tag (token column 0, tag column -1)"),
         ("-DOCSTART- O\n\n", {}, "no sentences"),
     ],
 )
@@ -226,7 +226,7 @@ def test_read_squad_v1_and_v2(tmp_path):
     assert [(e.id, e.answers, e.is_impossible) for e in examples[2:]] == [("q3", [], True), ("q4", [], True)]
 
 
-def test_read_squad_skips_and_counts_answers_that_do_not_match(tmp_path):
+def test_read_squad_skips_and_counts_answers_that_do_not_match(tmp_path, caplog):
     path = squad_file(tmp_path, [
         qa("good", [("France", 24)]),
         qa("shifted", [("France", 23)]),
@@ -234,10 +234,14 @@ def test_read_squad_skips_and_counts_answers_that_do_not_match(tmp_path):
         qa("contradiction", [("France", 24)], is_impossible=True),
         qa("no-answers", [], is_impossible=False),
     ])
-    with pytest.warns(UserWarning, match=r"skipped 4 of 5 questions whose answers do not fit") as record:
-        examples = read_squad(path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a counted, named skip in the log, not a raw Python warning
+        with caplog.at_level("WARNING", logger="berta"):
+            examples = read_squad(path)
     assert [e.id for e in examples] == ["good"]
-    message = str(record[0].message)
+    assert [qid for qid, _ in examples.skipped] == ["shifted", "one-bad-gold", "contradiction", "no-answers"]
+    (message,) = [r.getMessage() for r in caplog.records]
+    assert "skipped 4 of 5 questions whose answers do not fit" in message
     assert "shifted (answer 'France' at 23, but the context there reads ' Franc')" in message
     assert "one-bad-gold (answer 'Normandy' at 1" in message
     assert "contradiction (marked impossible but has 1 answers)" in message

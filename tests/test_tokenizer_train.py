@@ -84,18 +84,18 @@ def test_language_sampling_follows_xlmr_exponent(corpus):
 def test_bad_input_files_name_file_and_line(tmp_path):
     broken = tmp_path / "broken.txt"
     broken.write_bytes(b"good line\nanother\nbad \xff\xfe byte\n")
-    with pytest.raises(ValueError, match=r"broken.txt:3: invalid UTF-8 at byte 4"):
+    with pytest.raises(ValueError, match=r"broken.txt line 3: not valid utf-8 text \(byte offset 22 in the file\)"):
         list(read_lines(broken))
     records = tmp_path / "records.jsonl"
     records.write_text('{"text": "ok"}\n{"body": "no text field"}\n', encoding="utf-8")
-    with pytest.raises(ValueError, match=r"records.jsonl:2: no string field 'text' \(set --text-field\)"):
+    with pytest.raises(ValueError, match=r"records.jsonl line 2: no string field 'text' \(--text-field\)"):
         list(read_lines(records))
     assert next(read_lines(records, "text")) == "ok"
     not_json = tmp_path / "bad.jsonl"
     not_json.write_text('{"text": "ok"}\n{oops\n', encoding="utf-8")
-    with pytest.raises(ValueError, match=r"bad.jsonl:2: invalid JSON"):
+    with pytest.raises(ValueError, match=r"bad.jsonl line 2: not valid JSON"):
         list(read_lines(not_json))
-    with pytest.raises(SystemExit, match=r"berta: error: .*broken.txt:3: invalid UTF-8"):
+    with pytest.raises(SystemExit, match=r"berta: error: .*broken.txt line 3: not valid utf-8"):
         main(["tokenizer", "train", "--no-progress", "--output", str(tmp_path / "out"), str(broken)])
-    with pytest.raises(SystemExit, match=r"missing.txt: no such input file"):
+    with pytest.raises(SystemExit, match=r"missing.txt: no such file"):
         main(["tokenizer", "train", "--output", str(tmp_path / "out"), str(tmp_path / "missing.txt")])

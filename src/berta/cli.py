@@ -45,6 +45,11 @@ JOBS: dict[tuple[str, ...], str] = {
 }
 
 
+RECIPE_NOTE = ("Defaults whose help names a paper or model (\"RoBERTa: 0.98\", \"RoBERTa GLUE: 16 or 32\") are that "
+               "published recipe's values; the others are chosen to finish on a CPU (pretrain: --epochs passes, not "
+               "RoBERTa's --max-steps 500000). --print-config lists every default.")
+
+
 def _resolve(target: str) -> Callable[..., Any]:
     module_name, function_name = target.split(":")
     return getattr(importlib.import_module(module_name), function_name)
@@ -137,6 +142,29 @@ def convert(value: Any, hint: Any, where: str) -> Any:
             raise ValueError(f"{where}: {value!r} is not text")
         return value
     return value
+
+
+def check_range(field: dataclasses.Field, value: Any, where: str) -> None:
+    """A number outside the field's metadata bounds ("min", "max" inclusive; "above" exclusive) is an error
+    naming the option: the one place numeric options are range-checked, for the command line and --config.
+
+    Example:
+        >>> batch = dataclasses.field(metadata={"min": 1})
+        >>> check_range(batch, 0, "--batch-size")
+        Traceback (most recent call last):
+        ...
+        ValueError: --batch-size 0: expected at least 1
+    """
+    values = value if isinstance(value, list | tuple) else [value]
+    for item in values:
+        if not isinstance(item, int | float) or isinstance(item, bool):
+            continue
+        if "min" in field.metadata and item < field.metadata["min"]:
+            raise ValueError(f"{where} {item}: expected at least {field.metadata['min']}")
+        if "above" in field.metadata and item <= field.metadata["above"]:
+            raise ValueError(f"{where} {item}: expected a value above {field.metadata['above']}")
+        if "max" in field.metadata and item > field.metadata["max"]:
+            raise ValueError(f"{where} {item}: expected at most {field.metadata['max']}")
 
 
 def _choices(hint: Any) -> list[Any] | None:
@@ -250,12 +278,12 @@ def build_parser(enforce_required: bool = True) -> argparse.ArgumentParser:
         function = _resolve(target)
         summary = _summary(function)
         if len(words) == 1:
-            sub = commands.add_parser(words[0], help=summary, description=summary)
+            sub = commands.add_parser(words[0], help=summary, description=summary, epilog=RECIPE_NOTE)
         else:
             if words[0] not in groups:
                 group_parser = commands.add_parser(words[0], help=f"{words[0]} jobs")
                 groups[words[0]] = group_parser.add_subparsers(dest="subcommand", required=True, metavar="JOB")
-            sub = groups[words[0]].add_parser(words[1], help=summary, description=summary)
+            sub = groups[words[0]].add_parser(words[1], help=summary, description=summary, epilog=RECIPE_NOTE)
         sub.set_defaults(_target=target)
         _add_job(sub, function, enforce_required)
     return parser
@@ -284,7 +312,8 @@ def read_config(path: Path, cls: type) -> dict[str, Any]:
         raise ValueError(f"--config {path}: expected a table of settings, got {type(values).__name__}")
     hints = typing.get_type_hints(cls)
     known = {f.name for f in dataclasses.fields(cls)}
-    values = {key.replace("-", "_"): value for key, value in values.items()}
+    # Keys from "_" on are about a run, not settings (train_settings.json's `_run`): a run's record is a config.
+    values = {key.replace("-", "_"): value for key, value in values.items() if not key.startswith("_")}
     unknown = sorted(set(values) - known)
     if unknown:
         raise ValueError(f"--config {path}: unknown settings {unknown}; known: {sorted(known)}")
@@ -346,6 +375,8 @@ def parse(argv: Sequence[str]) -> tuple[Callable[..., Any], Any]:
         hints = typing.get_type_hints(cls)
         fields = {f.name: f for f in dataclasses.fields(cls)}
         values.update({name: convert(value, hints[name], _flag(fields[name])) for name, value in args.items()})
+        for name, value in values.items():
+            check_range(fields[name], value, _flag(fields[name]))
     except ValueError as error:
         raise SystemExit(f"berta: error: {error}") from None
     missing = [name for name, f in fields.items() if _required(f) and name not in values]
@@ -379,7 +410,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     except KeyboardInterrupt as interrupt:  # Ctrl-C; in training also SIGTERM, after saving (its message says so)
         print(f"berta: {str(interrupt) or 'interrupted'}", file=sys.stderr)
         raise SystemExit(getattr(interrupt, "exit_code", 130)) from None
-    except (ValueError, FileNotFoundError) as error:  # user errors: one clear line, no traceback
+    except (ValueError, FileNotFoundError, IsADirectoryError, NotADirectoryError) as error:  # user errors: one line
         raise SystemExit(f"berta: error: {error}") from error
 
 

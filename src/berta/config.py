@@ -7,10 +7,11 @@ subclasses. `config.json` in the Hugging Face layout is the on-disk form (`from_
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, get_args
+
+from berta import io
 
 FAMILIES = ("bert", "roberta", "xlm-roberta", "camembert")
 ACTIVATIONS = ("gelu", "relu", "gelu_new", "gelu_pytorch_tanh", "silu")
@@ -226,12 +227,9 @@ class EncoderConfig:
     @classmethod
     def from_file(cls, path: str | Path) -> EncoderConfig:
         path = Path(path)
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise FileNotFoundError(f"{path}: no such file (a model directory needs config.json)") from None
-        except json.JSONDecodeError as error:
-            raise ValueError(f"{path}: not valid JSON ({error})") from error
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: no such file (a model directory needs config.json)")
+        data = io.read_json(path)
         if not isinstance(data, dict):
             raise ValueError(f"{path}: expected a JSON object, got {type(data).__name__}")
         return cls.from_hf_dict(data, source=str(path))

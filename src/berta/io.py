@@ -143,13 +143,55 @@ def read_jsonl(path: str | Path, encoding: str = "utf-8") -> Iterator[tuple[int,
         yield number, record
 
 
-def read_json(path: str | Path) -> Any:
+JSON_LINES_SUFFIXES = (".jsonl", ".ndjson")
+
+
+def is_json_lines(path: str | Path) -> bool:
+    """The one rule for text input: `.jsonl` / `.ndjson` (under any compression suffix) are JSON Lines.
+
+    A `.json` file is one JSON document (SQuAD); as text input it is refused by `texts`, never guessed.
+
+    Example:
+        >>> is_json_lines("wiki.JSONL.gz"), is_json_lines("dev.json"), is_json_lines("book.txt")
+        (True, False, False)
+    """
+    return format_suffix(path) in JSON_LINES_SUFFIXES
+
+
+def texts(path: str | Path, text_field: str = "text", encoding: str = "utf-8") -> Iterator[tuple[int, str]]:
+    """(line number, text) of a text input: each line without its ending, or the `text_field` string of each
+    object of a JSON Lines file (blank lines skipped). `prepare` and `tokenizer train` read through this.
+
+    Example:
+        >>> import tempfile, pathlib
+        >>> file = pathlib.Path(tempfile.mkdtemp()) / "docs.jsonl"
+        >>> _ = file.write_text('{"text": "a b"}\\n{"body": "c"}\\n')
+        >>> list(texts(file))
+        Traceback (most recent call last):
+        ...
+        ValueError: .../docs.jsonl line 2: no string field 'text' (--text-field); the fields are ['body']
+    """
+    if format_suffix(path) == ".json":
+        raise ValueError(f"{path}: a .json file is one JSON document; text input is plain text or JSON Lines "
+                         "(.jsonl: one object per line), so rename it if it holds one object per line")
+    if not is_json_lines(path):
+        for number, line in lines(path, encoding):
+            yield number, line.rstrip("\r\n")
+        return
+    for number, record in read_jsonl(path, encoding):
+        if not isinstance(record.get(text_field), str):
+            raise ValueError(f"{path} line {number}: no string field {text_field!r} (--text-field); the fields "
+                             f"are {sorted(record)}")
+        yield number, record[text_field]
+
+
+def read_json(path: str | Path, encoding: str = "utf-8") -> Any:
     """A whole JSON document (compressed or not); invalid JSON names the file, line and column."""
-    text = "".join(line for _, line in lines(path))
+    text = "".join(line for _, line in lines(path, encoding))
     try:
         return json.loads(text)
     except json.JSONDecodeError as error:
-        raise ValueError(f"{path} line {error.lineno} column {error.colno}: not valid JSON ({error.msg})") from error
+        raise ValueError(f"{path} line {error.lineno}: not valid JSON ({error.msg} at column {error.colno})") from error
 
 
 # ------------------------------------------------------------------------------------------------- writing

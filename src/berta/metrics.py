@@ -50,27 +50,29 @@ def _one_label_each(values: Sequence[Hashable], name: str) -> list[Hashable]:
 
 
 def confusion_matrix(
-    predictions: Sequence[Hashable], labels: Sequence[Hashable], label_order: Sequence[Hashable] | None = None
+    *, predictions: Sequence[Hashable], references: Sequence[Hashable],
+    label_order: Sequence[Hashable] | None = None,
 ) -> tuple[list[Hashable], np.ndarray]:
     """Count (true label, predicted label) pairs; rows are true labels, columns predictions.
 
     The label order defaults to the sorted union of both sequences, as `sklearn.metrics.confusion_matrix`.
 
     Example:
-        >>> order, matrix = confusion_matrix(["a", "b", "b"], ["a", "a", "b"])
+        >>> order, matrix = confusion_matrix(predictions=["a", "b", "b"], references=["a", "a", "b"])
         >>> order, matrix.tolist()
         (['a', 'b'], [[1, 1], [0, 1]])
     """
-    predictions, labels = _one_label_each(predictions, "predictions"), _one_label_each(labels, "labels")
-    if len(predictions) != len(labels):
-        raise ValueError(f"{len(predictions)} predictions but {len(labels)} labels; they must pair up")
-    order = sorted(set(predictions) | set(labels)) if label_order is None else list(label_order)
+    predictions = _one_label_each(predictions, "predictions")
+    references = _one_label_each(references, "labels")
+    if len(predictions) != len(references):
+        raise ValueError(f"{len(predictions)} predictions but {len(references)} labels; they must pair up")
+    order = sorted(set(predictions) | set(references)) if label_order is None else list(label_order)
     index = {label: i for i, label in enumerate(order)}
-    unknown = sorted({str(x) for x in predictions + labels if x not in index})
+    unknown = sorted({str(x) for x in predictions + references if x not in index})
     if unknown:
         raise ValueError(f"labels {unknown} are not in label_order {order}")
     size = len(order)
-    true_ids = np.array([index[t] for t in labels], dtype=np.int64)
+    true_ids = np.array([index[t] for t in references], dtype=np.int64)
     predicted_ids = np.array([index[p] for p in predictions], dtype=np.int64)
     counts = np.bincount(true_ids * size + predicted_ids, minlength=size * size)
     return order, counts.reshape(size, size)
@@ -126,8 +128,9 @@ def _average(
 
 
 def classification(
+    *,
     predictions: Sequence[Hashable],
-    labels: Sequence[Hashable],
+    references: Sequence[Hashable],
     average: str = "macro",
     positive_label: Hashable = 1,
 ) -> dict[str, Any]:
@@ -137,13 +140,13 @@ def classification(
     scikit-learn's meaning; classes are the sorted union of labels and predictions; an undefined ratio is 0.
 
     Example:
-        >>> result = classification([0, 1, 1, 0], [0, 1, 0, 0], average="binary")
+        >>> result = classification(predictions=[0, 1, 1, 0], references=[0, 1, 0, 0], average="binary")
         >>> result["accuracy"], result["precision"], result["recall"], result["f1"]
         (0.75, 0.5, 1.0, 0.6666666666666666)
     """
     if average not in AVERAGES:
         raise ValueError(f"average must be one of {AVERAGES}, got {average!r}")
-    order, matrix = confusion_matrix(predictions, labels)
+    order, matrix = confusion_matrix(predictions=predictions, references=references)
     if not order:
         raise ValueError("no predictions and no labels: nothing to score")
     true_positives = np.diag(matrix).astype(np.float64)
@@ -174,8 +177,9 @@ def classification(
 
 
 def multi_label(
+    *,
     predictions: Sequence[Collection[Hashable]],
-    labels: Sequence[Collection[Hashable]],
+    references: Sequence[Collection[Hashable]],
     average: str = "micro",
 ) -> dict[str, Any]:
     """Multi-label figures: subset accuracy, precision / recall / F1 over (example, label) decisions with the
@@ -184,15 +188,15 @@ def multi_label(
     Each prediction and label is the collection of labels of one example (empty for none).
 
     Example:
-        >>> result = multi_label([{"news"}, {"art", "news"}], [{"news"}, {"art"}])
+        >>> result = multi_label(predictions=[{"news"}, {"art", "news"}], references=[{"news"}, {"art"}])
         >>> result["accuracy"], result["precision"], result["recall"]
         (0.5, 0.6666666666666666, 1.0)
     """
     if average not in ("macro", "micro", "weighted"):
         raise ValueError(f"average must be 'macro', 'micro' or 'weighted' for multi-label, got {average!r}")
-    if len(predictions) != len(labels):
-        raise ValueError(f"{len(predictions)} predictions but {len(labels)} labels; they must pair up")
-    order = sorted({label for row in [*predictions, *labels] for label in row})
+    if len(predictions) != len(references):
+        raise ValueError(f"{len(predictions)} predictions but {len(references)} labels; they must pair up")
+    order = sorted({label for row in [*predictions, *references] for label in row})
     if not order:
         raise ValueError("no label in any prediction or gold label set: nothing to score")
     index = {label: i for i, label in enumerate(order)}
@@ -203,7 +207,7 @@ def multi_label(
             matrix[row, [index[label] for label in row_labels]] = True
         return matrix
 
-    predicted, gold = indicator(predictions), indicator(labels)
+    predicted, gold = indicator(predictions), indicator(references)
     true_positives = (predicted & gold).sum(axis=0).astype(np.float64)
     predicted_sum, true_sum = predicted.sum(axis=0), gold.sum(axis=0)
     precision, recall, f1 = _average(true_positives, predicted_sum, true_sum, average)
@@ -212,7 +216,7 @@ def multi_label(
         "precision": precision,
         "recall": recall,
         "f1": f1,
-        "number": len(labels),
+        "number": len(references),
         "per_class": _per_class(order, true_positives, predicted_sum, true_sum),
     }
 
@@ -242,18 +246,18 @@ def _pearson(x: np.ndarray, y: np.ndarray) -> float:
     return float(np.clip(np.dot(x / norm_x, y / norm_y), -1.0, 1.0))
 
 
-def regression(predictions: Sequence[float], targets: Sequence[float]) -> dict[str, float]:
+def regression(*, predictions: Sequence[float], references: Sequence[float]) -> dict[str, float]:
     """Pearson and Spearman correlation and mean squared error of predictions against targets.
 
     A constant input gives NaN correlations, as `scipy.stats` does.
 
     Example:
-        >>> result = regression([1.0, 2.0, 3.0], [1.0, 2.0, 4.0])
+        >>> result = regression(predictions=[1.0, 2.0, 3.0], references=[1.0, 2.0, 4.0])
         >>> round(result["pearson"], 4), round(result["spearman"], 4), round(result["mse"], 4)
         (0.982, 1.0, 0.3333)
     """
     x = np.asarray(predictions, dtype=np.float64).ravel()
-    y = np.asarray(targets, dtype=np.float64).ravel()
+    y = np.asarray(references, dtype=np.float64).ravel()
     if len(x) != len(y):
         raise ValueError(f"{len(x)} predictions but {len(y)} targets; they must pair up")
     if len(x) < 2:
@@ -389,8 +393,9 @@ def _precision_recall_f1(correct: int, predicted: int, gold: int) -> dict[str, f
 
 
 def entities(
-    predicted_tags: Sequence[Sequence[str]],
-    gold_tags: Sequence[Sequence[str]],
+    *,
+    predictions: Sequence[Sequence[str]],
+    references: Sequence[Sequence[str]],
     scheme: str = "IOB2",
     strict: bool = False,
 ) -> dict[str, Any]:
@@ -401,16 +406,16 @@ def entities(
     `strict=True` matches `seqeval` with `mode="strict"` and the same scheme.
 
     Example:
-        >>> result = entities([["B-PER", "I-PER", "O"]], [["B-PER", "I-PER", "B-LOC"]])
+        >>> result = entities(predictions=[["B-PER", "I-PER", "O"]], references=[["B-PER", "I-PER", "B-LOC"]])
         >>> result["precision"], result["recall"], result["per_type"]["LOC"]["f1"]
         (1.0, 0.5, 0.0)
     """
-    if len(predicted_tags) != len(gold_tags):
-        raise ValueError(f"{len(predicted_tags)} predicted sequences but {len(gold_tags)} gold sequences")
+    if len(predictions) != len(references):
+        raise ValueError(f"{len(predictions)} predicted sequences but {len(references)} gold sequences")
     predicted_entities: set[tuple[int, str, int, int]] = set()
     gold_entities: set[tuple[int, str, int, int]] = set()
     tokens = correct_tokens = 0
-    for sentence, (predicted, gold) in enumerate(zip(predicted_tags, gold_tags, strict=True)):
+    for sentence, (predicted, gold) in enumerate(zip(predictions, references, strict=True)):
         if len(predicted) != len(gold):
             raise ValueError(
                 f"sequence {sentence}: {len(predicted)} predicted tags but {len(gold)} gold tags"
@@ -575,6 +580,7 @@ def _squad_v2(
 
 
 def squad(
+    *,
     predictions: Mapping[str, str],
     references: Mapping[str, Sequence[str]],
     no_answer_probabilities: Mapping[str, float] | None = None,
@@ -591,7 +597,9 @@ def squad(
     `references` are ignored, as the scripts do.
 
     Example:
-        >>> squad({"q1": "the Eiffel Tower", "q2": ""}, {"q1": ["Eiffel Tower"], "q2": []})["exact_match"]
+        >>> result = squad(predictions={"q1": "the Eiffel Tower", "q2": ""},
+        ...                references={"q1": ["Eiffel Tower"], "q2": []})
+        >>> result["exact_match"]
         100.0
     """
     if not references:

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import json
 import logging
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import torch
 from safetensors import SafetensorError
@@ -200,12 +202,14 @@ def load(
     dtype: torch.dtype | str | None = None,
     device: str | torch.device | None = None,
     quantize: str | None = None,
+    new_head: Literal["error", "init"] = "error",
 ) -> nn.Module:
     """Load a model directory in the Hugging Face layout.
 
     The task model is the one `config.json`'s `architectures` names, unless `task` asks for another
-    (a name in `berta.tasks.TASKS`); a new head is initialised and reported.
-    `id2label` sets the labels of a new classification or token-classification head. `dtype` ("bfloat16",
+    (a name in `berta.tasks.TASKS`). A head the checkpoint does not hold is an error naming the checkpoint's
+    architecture, unless `new_head="init"` (what fine-tuning and pretraining do): then it is initialised and
+    reported. `id2label` sets the labels of a new classification or token-classification head. `dtype` ("bfloat16",
     torch.bfloat16, ...) casts the model; `quantize="int8"` runs its encoder layers in int8
     (`berta.inference.quantize`).
 
@@ -216,7 +220,7 @@ def load(
         >>> type(load(directory)).__name__, type(load(directory, task="encoder")).__name__
         ('MaskedLM', 'Encoder')
     """
-    directory = _resolve_directory(path)
+    directory = model_directory(path)
     config = EncoderConfig.from_file(directory / CONFIG_NAME)
     architectures = config.extra.get("architectures") or []
     saved_task = task_of_architecture(architectures[0]) if architectures else "encoder"
@@ -227,15 +231,20 @@ def load(
     elif task == saved_task and needs_labels and not config.id2label:
         config.id2label = {0: "LABEL_0", 1: "LABEL_1"}  # transformers leaves its default two labels unsaved
     elif needs_labels and not config.id2label:
+        if new_head != "init":
+            raise ValueError(_missing_head(directory, architectures, config, task, "and no labels"))
         raise ValueError(f"{directory}: the checkpoint has no labels; pass id2label to put a {task} head on it")
     tensors = read_weights(directory)
     model = tasks.create(config, task)
     report = load_state(model, tensors, str(directory))
+    if report.initialised and new_head != "init":
+        raise ValueError(_missing_head(directory, architectures, config, task, f"({', '.join(report.initialised)})"))
     if report.initialised:
         log.warning("%s: new %s head initialised: %s", directory, task, ", ".join(report.initialised))
     if report.unused:
         log.info("%s: checkpoint tensors not used by a %s model: %s", directory, task, ", ".join(report.unused))
     model.load_report = report  # type: ignore[assignment]
+    model.source_directory = directory  # type: ignore[assignment]  # `save` copies its tokenizer from here
     model.eval()
     if quantize is not None:
         from berta.inference.quantize import quantize as quantize_model
@@ -248,12 +257,33 @@ def load(
     return model
 
 
-def _resolve_directory(path: str | Path) -> Path:
+def _missing_head(directory: Path, architectures: list[str], config: EncoderConfig, task: str, detail: str) -> str:
+    saved = architectures[0] if architectures else architecture_name(config, "encoder")
+    how = "train one with `berta pretrain`" if task == "masked-lm" else f"`berta finetune --task {task}` trains one"
+    return f"{directory}: a {saved} checkpoint has no trained {task} head {detail}; {how}"
+
+
+def model_directory(path: str | Path) -> Path:
+    """The model directory `path` names: itself, or the `model/` inside a run directory (`--model runs/x`), or a
+    hub id's download. A file, or a directory without `config.json`, is an error that says so.
+
+    Example:
+        >>> model_directory("/no/such/model")
+        Traceback (most recent call last):
+        ...
+        FileNotFoundError: /no/such/model: no such model directory
+    """
     directory = Path(path)
     if directory.is_dir():
-        return directory
+        if (directory / CONFIG_NAME).is_file():
+            return directory
+        if (directory / "model" / CONFIG_NAME).is_file():  # a run directory: its final model
+            log.info("%s is a run directory; using its model %s", directory, directory / "model")
+            return directory / "model"
+        raise FileNotFoundError(f"{directory}: a directory without {CONFIG_NAME}, so not a model directory (a "
+                                "model directory holds config.json and model.safetensors; a run directory, model/)")
     if directory.exists():
-        raise ValueError(f"{directory}: expected a model directory (config.json + model.safetensors), found a file")
+        raise ValueError(f"{directory}: is a file, expected a model directory (config.json + model.safetensors)")
     if str(path).count("/") == 1 and not str(path).startswith((".", "/")):
         # Looks like a hub id ("FacebookAI/roberta-base"): fetch it when huggingface_hub is installed and online.
         try:
@@ -291,10 +321,43 @@ def state_for_saving(model: nn.Module) -> dict[str, Tensor]:
     return tensors
 
 
+# The files of a tokenizer (transformers' and SentencePiece's), and of a sentence-transformers model around the
+# encoder: `save` copies them from the directory a model was loaded from, so the saved directory opens the same.
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
+                   "vocab.txt", "vocab.json", "merges.txt", "sentencepiece.bpe.model", "spiece.model")
+SENTENCE_TRANSFORMERS_FILES = ("modules.json", "sentence_bert_config.json", "config_sentence_transformers.json")
+
+
+def _copy_companions(source: Path, directory: Path, sentence_transformers: bool) -> None:
+    names = [name for name in TOKENIZER_FILES if (source / name).is_file()]
+    if sentence_transformers and (source / "modules.json").is_file():
+        names += [name for name in SENTENCE_TRANSFORMERS_FILES if (source / name).is_file()]
+        for module in io.read_json(source / "modules.json"):
+            module_path = str(module.get("path", "")) if isinstance(module, dict) else ""
+            if module_path and (source / module_path).is_dir():  # 1_Pooling/, 2_Normalize/
+                names += [str(p.relative_to(source)) for p in sorted((source / module_path).rglob("*")) if p.is_file()]
+    for name in names:
+        if (directory / name).exists():  # a tokenizer saved there on purpose (a job saves its own first) wins
+            continue
+        (directory / name).parent.mkdir(parents=True, exist_ok=True)
+        io.atomic_write_bytes(directory / name, (source / name).read_bytes())
+
+
 def save(model: nn.Module, path: str | Path) -> None:
-    """Write `config.json` and `model.safetensors`, each atomically; other files in the directory are kept."""
+    """Write `config.json` and `model.safetensors`, each atomically; other files in the directory are kept.
+
+    A model from `berta.load` carries its directory: its tokenizer files (and, for a bare encoder, the
+    sentence-transformers files: modules.json, 1_Pooling/ ...) are copied along. A model without them, saved
+    into a directory without a tokenizer, warns: `transformers` would build an empty-vocabulary tokenizer there.
+    """
     directory = Path(path)
     directory.mkdir(parents=True, exist_ok=True)
+    source = getattr(model, "source_directory", None)
+    if source is not None and Path(source).resolve() != directory.resolve():
+        _copy_companions(Path(source), directory, sentence_transformers=model.task == "encoder")
+    if not any((directory / name).is_file() for name in TOKENIZER_FILES):
+        warnings.warn(f"{directory}: saved a model without a tokenizer; save one beside it with "
+                      f"`tokenizer.save({str(directory)!r})`", stacklevel=4)
     config: EncoderConfig = model.config  # type: ignore[assignment]
     tensors = {name: tensor.cpu() for name, tensor in state_for_saving(model).items()}
     io.atomic_write(directory / WEIGHTS_NAME, lambda file: save_file(tensors, str(file), metadata={"format": "pt"}))

@@ -19,9 +19,7 @@ is a range of that stream; the sample is `<s> block </s>` (`[CLS] block [SEP]` f
 
 from __future__ import annotations
 
-import gzip
 import hashlib
-import io
 import json
 import multiprocessing
 import os
@@ -30,11 +28,13 @@ import time
 from collections import deque
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
+from io import BytesIO
 from pathlib import Path
-from typing import IO, Any, Literal, get_args
+from typing import Any, Literal, get_args
 
 import numpy as np
 
+from berta import io
 from berta.tokenizer import Tokenizer
 
 BreakMode = Literal["full-sentences", "doc-sentences", "complete", "line"]
@@ -46,7 +46,6 @@ MANIFEST = "manifest.json"
 FORMAT = "berta-corpus"
 VERSION = 1
 UNDETERMINED_LANGUAGE = "und"  # ISO 639-2 "undetermined", for files given no language
-_JSONL_SUFFIXES = (".jsonl", ".ndjson")
 _CHECKSUM_CHUNK = 1 << 23
 _ENCODE_CHARACTERS = 1 << 20
 
@@ -70,10 +69,10 @@ class PrepareSettings:
     break_mode: BreakMode = field(default="full-sentences", metadata={
         "help": "how samples are cut: full-sentences (pack across documents), doc-sentences (never cross a "
                 "document), complete (whole sentences up to the block size), line (one line per sample)"})
-    block_size: int = field(default=512, metadata={"help": "tokens per sample, special tokens included"})
-    validation_fraction: float = field(default=0.01, metadata={
+    block_size: int = field(default=512, metadata={"min": 8, "help": "tokens per sample, special tokens included"})
+    validation_fraction: float = field(default=0.01, metadata={"min": 0, "max": 0.99,
         "help": "share of documents held out for validation, chosen by a hash of each document's text"})
-    workers: int = field(default=1, metadata={"help": "tokenizing processes"})
+    num_workers: int = field(default=1, metadata={"min": 1, "aliases": ("--workers",), "help": "tokenizing processes"})
     text_field: str = field(default="text", metadata={"help": "JSONL field holding a document's text"})
     document_separator: DocumentSeparator = field(default="newline", metadata={
         "help": "plain text: one document per line (newline) or documents separated by blank lines, one "
@@ -83,36 +82,12 @@ class PrepareSettings:
                 "languages"})
     parallel: bool = field(default=False, metadata={
         "help": "the files are parallel text for translation language modelling (TLM)"})
-    shard_megabytes: float = field(default=32.0, metadata={"help": "input text per shard, in megabytes"})
+    shard_megabytes: float = field(default=32.0, metadata={"above": 0, "help": "input text per shard, in megabytes"})
+    encoding: str = field(default="utf-8", metadata={"help": "text encoding of the input files"})
     progress: bool = field(default=True, metadata={"help": "show a progress bar and a summary"})
 
 
 # ---------------------------------------------------------------------------------------------- reading input
-
-
-def _open_binary(path: Path) -> IO[bytes]:
-    with open(path, "rb") as handle:
-        compressed = handle.read(2) == b"\x1f\x8b"  # gzip's magic number, whatever the file is called
-    return gzip.open(path, "rb") if compressed else open(path, "rb")  # noqa: SIM115 - the caller closes it
-
-
-def _lines(path: Path) -> Iterator[tuple[int, str]]:
-    """(line number, text) of a plain or gzipped UTF-8 file; lines are decoded one by one so an error names its line."""
-    number = 0
-    with _open_binary(path) as handle:
-        try:
-            for number, raw in enumerate(handle, start=1):  # noqa: B007 - read after the loop on a gzip error
-                try:
-                    yield number, raw.decode("utf-8")
-                except UnicodeDecodeError as error:
-                    raise ValueError(f"{path}:{number}: not UTF-8 text (byte {error.start} of the line)") from error
-        except (OSError, EOFError) as error:  # a truncated or corrupt gzip stream
-            raise ValueError(f"{path}:{number + 1}: cannot read: {error}") from error
-
-
-def _base_name(path: Path) -> str:
-    name = path.name.lower()
-    return name[: -len(".gz")] if name.endswith(".gz") else name
 
 
 def _sentences(text: str) -> list[str]:
@@ -121,29 +96,20 @@ def _sentences(text: str) -> list[str]:
 
 def _documents(path: Path, settings: PrepareSettings) -> Iterator[list[str]]:
     """A file's documents, each a list of its non-empty sentences / lines."""
-    if _base_name(path).endswith(_JSONL_SUFFIXES):
-        for number, line in _lines(path):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise ValueError(f"{path}:{number}: not a JSON object: {error.msg}") from error
-            if not isinstance(record, dict) or not isinstance(record.get(settings.text_field), str):
-                keys = sorted(record) if isinstance(record, dict) else type(record).__name__
-                raise ValueError(f"{path}:{number}: expected a string field {settings.text_field!r} "
-                                 f"(--text-field); found {keys}")
-            document = _sentences(record[settings.text_field])
+    records = io.texts(path, settings.text_field, settings.encoding)
+    if io.is_json_lines(path):
+        for _, text in records:
+            document = _sentences(text)
             if document:
                 yield document
         return
     if settings.document_separator == "newline":
-        for _, line in _lines(path):
+        for _, line in records:
             if line.strip():
                 yield [line.strip()]
         return
     document: list[str] = []
-    for _, line in _lines(path):
+    for _, line in records:
         if line.strip():
             document.append(line.strip())
         elif document:
@@ -153,19 +119,19 @@ def _documents(path: Path, settings: PrepareSettings) -> Iterator[list[str]]:
         yield document
 
 
-def _tsv_pairs(path: Path) -> Iterator[list[str]]:
-    for number, line in _lines(path):
+def _tsv_pairs(path: Path, encoding: str) -> Iterator[list[str]]:
+    for number, line in io.lines(path, encoding):
         if not line.strip():
             continue
         columns = line.rstrip("\r\n").split("\t")
         if len(columns) != 2:
-            raise ValueError(f"{path}:{number}: expected 2 tab-separated columns (source, target), "
+            raise ValueError(f"{path} line {number}: expected 2 tab-separated columns (source, target), "
                              f"found {len(columns)}")
         yield [columns[0].strip(), columns[1].strip()]
 
 
-def _aligned_pairs(source_path: Path, target_path: Path) -> Iterator[list[str]]:
-    source, target = _lines(source_path), _lines(target_path)
+def _aligned_pairs(source_path: Path, target_path: Path, encoding: str) -> Iterator[list[str]]:
+    source, target = io.lines(source_path, encoding), io.lines(target_path, encoding)
     while True:
         left, right = next(source, None), next(target, None)
         if left is None or right is None:
@@ -177,13 +143,13 @@ def _aligned_pairs(source_path: Path, target_path: Path) -> Iterator[list[str]]:
             yield [left[1].strip(), right[1].strip()]
 
 
-def _pair_sources(files: Sequence[Path]) -> list[tuple[str, Iterator[list[str]], list[Path]]]:
+def _pair_sources(files: Sequence[Path], encoding: str) -> list[tuple[str, Iterator[list[str]], list[Path]]]:
     """(name, pairs, paths) per parallel source: each TSV file, or the two aligned files together."""
-    if all(_base_name(f).endswith(".tsv") for f in files):
-        return [(str(f), _tsv_pairs(f), [f]) for f in files]
+    if all(io.format_suffix(f) == ".tsv" for f in files):
+        return [(str(f), _tsv_pairs(f, encoding), [f]) for f in files]
     if len(files) != 2:
         raise ValueError(f"--parallel takes two aligned files or TSV files (.tsv); got {len(files)} files")
-    return [(f"{files[0]}+{files[1]}", _aligned_pairs(files[0], files[1]), list(files))]
+    return [(f"{files[0]}+{files[1]}", _aligned_pairs(files[0], files[1], encoding), list(files))]
 
 
 @dataclass
@@ -208,7 +174,8 @@ def _jobs(settings: PrepareSettings, fingerprint: str, dtype: str) -> Iterator[_
               "validation_fraction": settings.validation_fraction, "shard_megabytes": settings.shard_megabytes}
     if settings.parallel:
         language = "-".join(settings.languages)
-        streams = [(name, pairs, paths, language) for name, pairs, paths in _pair_sources(settings.files)]
+        streams = [(name, pairs, paths, language)
+                   for name, pairs, paths in _pair_sources(settings.files, settings.encoding)]
     else:
         languages = settings.languages or [UNDETERMINED_LANGUAGE]
         if len(languages) == 1:
@@ -247,19 +214,14 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _write_atomic(path: Path, data: bytes) -> dict[str, Any]:
-    """Write `data` to a temporary name, flush it to disk, then rename: a reader sees all of it or nothing."""
-    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(temporary, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temporary, path)
+def _write_file(path: Path, data: bytes) -> dict[str, Any]:
+    """Write `data` atomically (`berta.io`); its size and checksum for the manifest."""
+    io.atomic_write_bytes(path, data)
     return {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
 
 
 def _npy_bytes(array: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
+    buffer = BytesIO()
     np.save(buffer, array, allow_pickle=False)
     return buffer.getvalue()
 
@@ -326,10 +288,10 @@ def _tokenize_shard(job: _Job, tokenizer: Tokenizer, output: Path, dtype: str, f
         for name, data in (("tokens", tokens.tobytes()), ("sentences", _npy_bytes(sentence_offsets)),
                            ("documents", _npy_bytes(document_offsets))):
             relative = f"shards/{stem}.{name}" + (".bin" if name == "tokens" else ".npy")
-            files[name] = {"path": relative, **_write_atomic(output / relative, data)}
+            files[name] = {"path": relative, **_write_file(output / relative, data)}
         record["splits"][split] = {"documents": len(documents), "sentences": int(lengths.size),
                                    "tokens": int(tokens.size), "files": files}
-    _write_atomic(output / "shards" / f"{job.index:05d}.json", json.dumps(record, indent=1).encode())
+    _write_file(output / "shards" / f"{job.index:05d}.json", json.dumps(record, indent=1).encode())
     return record
 
 
@@ -337,7 +299,7 @@ def _finished_record(job: _Job, output: Path) -> dict[str, Any] | None:
     """The record of a shard a previous run finished with the same settings and input, else None."""
     path = output / "shards" / f"{job.index:05d}.json"
     try:
-        record = json.loads(path.read_text())
+        record = io.read_json(path)
         if record.get("key") != job.key:
             return None
         for split in SPLITS:
@@ -441,8 +403,7 @@ def _check_settings(settings: PrepareSettings) -> None:
     if not settings.files:
         raise ValueError("no input files")
     for path in settings.files:
-        if not Path(path).is_file():
-            raise FileNotFoundError(f"{path}: no such input file")
+        io.check_file(path, "input file")
     if settings.break_mode not in BREAK_MODES:
         raise ValueError(f"--break-mode {settings.break_mode!r}; expected one of {BREAK_MODES}")
     if settings.document_separator not in DOCUMENT_SEPARATORS:
@@ -452,8 +413,8 @@ def _check_settings(settings: PrepareSettings) -> None:
         raise ValueError(f"--block-size {settings.block_size}: expected at least 8 tokens")
     if not 0.0 <= settings.validation_fraction < 1.0:
         raise ValueError(f"--validation-fraction {settings.validation_fraction}: expected a value in [0, 1)")
-    if settings.workers < 1:
-        raise ValueError(f"--workers {settings.workers}: expected at least 1")
+    if settings.num_workers < 1:
+        raise ValueError(f"--num-workers {settings.num_workers}: expected at least 1")
     if settings.shard_megabytes <= 0:
         raise ValueError(f"--shard-megabytes {settings.shard_megabytes}: expected a positive size")
     if settings.parallel and len(settings.languages) != 2:
@@ -461,12 +422,17 @@ def _check_settings(settings: PrepareSettings) -> None:
     if not settings.parallel and len(settings.languages) not in (0, 1, len(settings.files)):
         raise ValueError(f"--languages has {len(settings.languages)} codes for {len(settings.files)} files; "
                          "expected one per file or one for all")
+    for path in settings.files:  # before any output exists: an empty input leaves no empty directory behind
+        if not any(text.strip() for _, text in io.texts(path, settings.text_field, settings.encoding)):
+            raise ValueError(f"no text in {path}")
 
 
 def _progress(enabled: bool) -> Any:
     from tqdm.auto import tqdm
 
-    return tqdm(unit=" docs", unit_scale=True, disable=not enabled, file=sys.stderr, desc="prepare")
+    on_terminal = sys.stderr.isatty()  # no bar in a redirected log; the summary line still comes
+    return tqdm(unit=" docs", unit_scale=True, disable=not enabled or not on_terminal, file=sys.stderr,
+                desc="prepare")
 
 
 def prepare(settings: PrepareSettings) -> dict[str, Any]:
@@ -501,20 +467,20 @@ def prepare(settings: PrepareSettings) -> dict[str, Any]:
 
     jobs = _jobs(settings, tokenizer.fingerprint, dtype)
     try:
-        if settings.workers == 1:
+        if settings.num_workers == 1:
             for job in jobs:
                 done = _finished_record(job, output)
                 reused += done is not None
                 finish(done or _tokenize_shard(job, tokenizer, *arguments))
         else:
             context = multiprocessing.get_context("spawn")  # a fresh interpreter: no forked tokenizer threads
-            with context.Pool(settings.workers, _worker_start, (settings.tokenizer, arguments)) as pool:
+            with context.Pool(settings.num_workers, _worker_start, (settings.tokenizer, arguments)) as pool:
                 pending: deque = deque()  # at most 2 shards per worker in flight: memory stays bounded
                 for job in jobs:
                     done = _finished_record(job, output)
                     reused += done is not None
                     pending.append(done if done is not None else pool.apply_async(_worker_run, (job,)))
-                    while len(pending) > 2 * settings.workers or (pending and isinstance(pending[0], dict)):
+                    while len(pending) > 2 * settings.num_workers or (pending and isinstance(pending[0], dict)):
                         head = pending.popleft()
                         finish(head if isinstance(head, dict) else head.get())
                 while pending:
@@ -538,7 +504,7 @@ def _remove_stale_shards(output: Path, count: int) -> None:
     """Delete shards of an earlier run that had more of them, and temporary files a crash left behind."""
     for path in (output / "shards").iterdir():
         number = path.name.lstrip(".").split(".")[0]
-        if (path.name.startswith(".") and ".tmp-" in path.name) or (number.isdigit() and int(number) >= count):
+        if (path.name.startswith(".") and ".tmp" in path.name) or (number.isdigit() and int(number) >= count):
             path.unlink()
 
 
@@ -561,7 +527,7 @@ def _write_index(settings: PrepareSettings, tokenizer: Tokenizer, dtype: str, re
         splits[split] = {
             "documents": int(len(documents)), "sentences": int(len(lengths)), "tokens": int(lengths.sum()),
             "blocks": int(len(blocks)), "languages": by_language,
-            "blocks_file": {"path": relative, **_write_atomic(output / relative, _npy_bytes(blocks.astype(np.int64)))},
+            "blocks_file": {"path": relative, **_write_file(output / relative, _npy_bytes(blocks.astype(np.int64)))},
         }
     manifest = {
         "format": FORMAT,
@@ -582,7 +548,7 @@ def _write_index(settings: PrepareSettings, tokenizer: Tokenizer, dtype: str, re
         "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(settings).items()
                      if k not in ("files", "progress")} | {"files": [str(f) for f in settings.files]},
     }
-    _write_atomic(output / MANIFEST, (json.dumps(manifest, indent=1) + "\n").encode())
+    _write_file(output / MANIFEST, (json.dumps(manifest, indent=1) + "\n").encode())
     return manifest
 
 
@@ -611,7 +577,7 @@ class BlockDataset:
         self.split = split
         manifest_path = self.data_dir / MANIFEST
         try:
-            manifest = json.loads(manifest_path.read_text())
+            manifest = io.read_json(manifest_path)
         except FileNotFoundError as error:
             raise CorpusError(f"{manifest_path}: not found; prepare the data with `berta prepare` (a directory "
                               "without a manifest was not finished)") from error

@@ -1,20 +1,24 @@
 """Readers for fine-tuning files: tables (CSV / TSV / JSONL), CoNLL token files and SQuAD JSON.
 
 Every example keeps the file and line it came from, so a bad row or an unknown label is reported where a
-user can fix it. Files may be compressed (`.gz`, `.bz2`); the format comes from the extension underneath.
+user can fix it. Files are read through `berta.io`: compressed files (gzip, bz2, xz, told by their first
+bytes) read as the text inside, and the format comes from the extension under `.gz` / `.bz2` / `.xz`.
 """
 
 from __future__ import annotations
 
-import bz2
 import csv
-import gzip
 import json
+import logging
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
+
+from berta import io
+
+log = logging.getLogger(__name__)
 
 TABLE_EXTENSIONS = {".csv": ",", ".tsv": "\t", ".jsonl": None}
 
@@ -43,6 +47,15 @@ class Sentence:
     line: int
 
 
+class Examples(list):
+    """A reader's examples, and the ones it skipped as wrongly labelled: `skipped` holds (id, problem) pairs, so
+    a job can count and name them in its log and report instead of letting the total shrink unexplained."""
+
+    def __init__(self, examples: Sequence[Any] = (), skipped: Sequence[tuple[str, str]] = ()) -> None:
+        super().__init__(examples)
+        self.skipped = list(skipped)
+
+
 @dataclass(frozen=True)
 class QAExample:
     """One SQuAD question; `answers` are (text, character offset into context); none when impossible."""
@@ -54,20 +67,6 @@ class QAExample:
     is_impossible: bool
 
 
-def _open_text(path: Path) -> IO[str]:
-    # utf-8-sig drops the byte-order mark spreadsheet programs write, which would otherwise become part of
-    # the first column's name. newline="" lets the csv module see line breaks inside quoted fields.
-    if path.suffix == ".gz":
-        return gzip.open(path, "rt", encoding="utf-8-sig", newline="")
-    if path.suffix == ".bz2":
-        return bz2.open(path, "rt", encoding="utf-8-sig", newline="")
-    return open(path, encoding="utf-8-sig", newline="")
-
-
-def _format_suffix(path: Path) -> str:
-    return Path(path.stem).suffix.lower() if path.suffix in (".gz", ".bz2") else path.suffix.lower()
-
-
 def _missing_columns(path: Path, where: str, columns: list[str], present: Sequence[str]) -> None:
     missing = [column for column in columns if column not in present]
     if missing:
@@ -75,42 +74,33 @@ def _missing_columns(path: Path, where: str, columns: list[str], present: Sequen
 
 
 def _delimited_records(
-    path: Path, delimiter: str, quoting: int, columns: list[str]
+    path: Path, delimiter: str, quoting: int, columns: list[str], encoding: str
 ) -> Iterator[tuple[int, dict[str, str]]]:
-    with _open_text(path) as file:
-        reader = csv.reader(file, delimiter=delimiter, quoting=quoting)
-        try:
-            header = next(reader, None)
-            if not header:
-                raise ValueError(f"{path}: no header line; the first line must name the columns")
-            _missing_columns(path, "", columns, header)
+    # io.lines keeps line endings, so the csv module sees line breaks inside quoted fields.
+    reader = csv.reader((text for _, text in io.lines(path, encoding)), delimiter=delimiter, quoting=quoting)
+    try:
+        header = next(reader, None)
+        if not header:
+            raise ValueError(f"{path}: no header line; the first line must name the columns")
+        _missing_columns(path, "", columns, header)
+        start = reader.line_num + 1
+        for row in reader:
+            if row:
+                if len(row) != len(header):
+                    raise ValueError(
+                        f"{path} line {start}: {len(row)} fields, expected {len(header)} as in the header "
+                        f"{header}"
+                    )
+                yield start, dict(zip(header, row, strict=True))
             start = reader.line_num + 1
-            for row in reader:
-                if row:
-                    if len(row) != len(header):
-                        raise ValueError(
-                            f"{path} line {start}: {len(row)} fields, expected {len(header)} as in the header "
-                            f"{header}"
-                        )
-                    yield start, dict(zip(header, row, strict=True))
-                start = reader.line_num + 1
-        except csv.Error as error:
-            raise ValueError(f"{path} line {reader.line_num}: {error}") from error
+    except csv.Error as error:
+        raise ValueError(f"{path} line {reader.line_num}: {error}") from error
 
 
-def _jsonl_records(path: Path, columns: list[str]) -> Iterator[tuple[int, dict[str, Any]]]:
-    with _open_text(path) as file:
-        for number, line in enumerate(file, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise ValueError(f"{path} line {number}: not valid JSON ({error.msg})") from error
-            if not isinstance(record, dict):
-                raise ValueError(f"{path} line {number}: expected a JSON object, got {type(record).__name__}")
-            _missing_columns(path, f" line {number}", columns, list(record))
-            yield number, record
+def _jsonl_records(path: Path, columns: list[str], encoding: str) -> Iterator[tuple[int, dict[str, Any]]]:
+    for number, record in io.read_jsonl(path, encoding):
+        _missing_columns(path, f" line {number}", columns, list(record))
+        yield number, record
 
 
 class _EmptyFieldError(ValueError):
@@ -146,8 +136,9 @@ def read_table(
     label_column: str | None = None,
     delimiter: str | None = None,
     skip_empty: bool = False,
+    encoding: str = "utf-8",
 ) -> list[TextExample]:
-    """Read examples from a CSV, TSV or JSONL file (optionally .gz / .bz2), choosing columns by name.
+    """Read examples from a CSV, TSV or JSONL file (optionally compressed), choosing columns by name.
 
     The format follows the extension; `delimiter` overrides the CSV/TSV separator. TSV is read without
     quote handling, as GLUE-style files contain bare quote characters. An empty text or label is an error
@@ -159,21 +150,22 @@ def read_table(
         ('A gripping film.', 'fresh', 2)
     """
     path = Path(path)
-    suffix = _format_suffix(path)
+    io.check_file(path)
+    suffix = io.format_suffix(path)
     columns = [c for c in (text_column, text_pair_column, label_column) if c is not None]
     if suffix not in TABLE_EXTENSIONS and delimiter is None:
         raise ValueError(
             f"{path}: cannot tell the format from the extension {suffix!r}; expected one of "
-            f"{sorted(TABLE_EXTENSIONS)} (optionally .gz/.bz2), or pass a delimiter"
+            f"{sorted(TABLE_EXTENSIONS)} (optionally .gz/.bz2/.xz); rename the file to say its format"
         )
     if suffix == ".jsonl":
         if delimiter is not None:
             raise ValueError(f"{path}: a delimiter applies to CSV/TSV files, not JSON Lines")
-        records: Iterator[tuple[int, Mapping[str, Any]]] = _jsonl_records(path, columns)
+        records: Iterator[tuple[int, Mapping[str, Any]]] = _jsonl_records(path, columns, encoding)
     else:
         separator = delimiter or TABLE_EXTENSIONS.get(suffix) or ","
         quoting = csv.QUOTE_NONE if suffix == ".tsv" else csv.QUOTE_MINIMAL
-        records = _delimited_records(path, separator, quoting, columns)
+        records = _delimited_records(path, separator, quoting, columns, encoding)
     examples = []
     skipped = []
     for line, record in records:
@@ -202,7 +194,8 @@ def read_table(
     return examples
 
 
-def read_conll(path: str | Path, token_column: int = 0, tag_column: int | None = -1) -> list[Sentence]:
+def read_conll(path: str | Path, token_column: int = 0, tag_column: int | None = -1,
+               encoding: str = "utf-8") -> list[Sentence]:
     """Read a CoNLL-style file: one token per line, fields split by tabs (or spaces), blank lines between
     sentences, lines starting with `-DOCSTART-` skipped. `tag_column=None` reads tokens only (text to tag).
 
@@ -227,41 +220,40 @@ def read_conll(path: str | Path, token_column: int = 0, tag_column: int | None =
             tokens.clear()
             tags.clear()
 
-    with _open_text(path) as file:
-        for number, raw in enumerate(file, start=1):
-            line = raw.rstrip("\r\n")
-            if not line.strip():
-                close_sentence()
-                continue
-            # Document separators may carry fewer fields than token lines; they are never tokens.
-            if line.split()[0] == "-DOCSTART-":
-                close_sentence()
-                continue
-            if expected is None:
-                separator = "\t" if "\t" in line else " "
-                fields = _split_fields(line, separator)
-                expected = (len(fields), number, separator)
-                for name, column in (("token_column", token_column), ("tag_column", tag_column)):
-                    if column is not None and not -len(fields) <= column < len(fields):
-                        raise ValueError(
-                            f"{path} line {number}: {name}={column} but the line has {len(fields)} fields"
-                        )
-                if tag_column is not None and token_column % len(fields) == tag_column % len(fields):
+    for number, raw in io.lines(path, encoding):
+        line = raw.rstrip("\r\n")
+        if not line.strip():
+            close_sentence()
+            continue
+        # Document separators may carry fewer fields than token lines; they are never tokens.
+        if line.split()[0] == "-DOCSTART-":
+            close_sentence()
+            continue
+        if expected is None:
+            separator = "\t" if "\t" in line else " "
+            fields = _split_fields(line, separator)
+            expected = (len(fields), number, separator)
+            for name, column in (("token column", token_column), ("tag column", tag_column)):
+                if column is not None and not -len(fields) <= column < len(fields):
                     raise ValueError(
-                        f"{path}: token_column={token_column} and tag_column={tag_column} are the same "
-                        f"column of {len(fields)}; pass tag_column=None to read tokens only"
+                        f"{path} line {number}: {name} {column} but the line has {len(fields)} fields"
                     )
-            fields = _split_fields(line, expected[2])
-            if len(fields) != expected[0]:
+            if tag_column is not None and token_column % len(fields) == tag_column % len(fields):
                 raise ValueError(
-                    f"{path} line {number}: {len(fields)} fields, expected {expected[0]} as on line "
-                    f"{expected[1]}: {line!r}"
+                    f"{path} line {number}: {len(fields)} field per line, expected a token and its tag "
+                    f"(token column {token_column}, tag column {tag_column}); is it a file of tokens only?"
                 )
-            if not tokens:
-                start = number
-            tokens.append(fields[token_column])
-            if tag_column is not None:
-                tags.append(fields[tag_column])
+        fields = _split_fields(line, expected[2])
+        if len(fields) != expected[0]:
+            raise ValueError(
+                f"{path} line {number}: {len(fields)} fields, expected {expected[0]} as on line "
+                f"{expected[1]}: {line!r}"
+            )
+        if not tokens:
+            start = number
+        tokens.append(fields[token_column])
+        if tag_column is not None:
+            tags.append(fields[tag_column])
     close_sentence()
     if not sentences:
         raise ValueError(f"{path}: no sentences")
@@ -289,12 +281,13 @@ def _field(record: Any, name: str, kinds: tuple[type, ...], path: Path, where: s
     return _require(record[name], kinds, path, where, name)
 
 
-def read_squad(path: str | Path, strict: bool = False) -> list[QAExample]:
-    """Read SQuAD v1.1 / v2.0 JSON (optionally .gz / .bz2) into one example per question.
+def read_squad(path: str | Path, strict: bool = False, encoding: str = "utf-8") -> Examples:
+    """Read SQuAD v1.1 / v2.0 JSON (optionally compressed) into one example per question.
 
     An answer whose text differs from `context[answer_start:answer_start + len(text)]`, or a question marked
-    impossible that has answers (or answerable without any), is a wrong label: the question is skipped, and
-    one warning gives the count and the ids; `strict=True` raises instead. A missing or mistyped field raises.
+    impossible that has answers (or answerable without any), is a wrong label: the question is skipped, listed in
+    the result's `skipped` as (id, problem) and counted in one log line; `strict=True` raises instead. A
+    missing or mistyped field raises.
 
     Example:
         >>> examples = read_squad("dev-v2.0.json")
@@ -302,13 +295,9 @@ def read_squad(path: str | Path, strict: bool = False) -> list[QAExample]:
         ('In what country is Normandy located?', [('France', 159), ...], False)
     """
     path = Path(path)
-    with _open_text(path) as file:
-        try:
-            document = json.load(file)
-        except json.JSONDecodeError as error:
-            raise ValueError(f"{path} line {error.lineno}: not valid JSON ({error.msg})") from error
+    document = io.read_json(path, encoding)
     examples: list[QAExample] = []
-    problems: list[str] = []
+    problems: list[tuple[str, str]] = []
     seen: dict[str, str] = {}
     for a, article in enumerate(_field(document, "data", (list,), path, "top level")):
         for p, paragraph in enumerate(_field(article, "paragraphs", (list,), path, f"data[{a}]")):
@@ -331,18 +320,20 @@ def read_squad(path: str | Path, strict: bool = False) -> list[QAExample]:
                 if problem:
                     if strict:
                         raise ValueError(f"{path}: {where} (id {qid!r}): {problem}")
-                    problems.append(f"{qid} ({problem})")
+                    problems.append((qid, problem))
                     continue
                 examples.append(QAExample(qid, question, context, answers, is_impossible))
     if problems:
-        total = len(examples) + len(problems)
-        warnings.warn(
-            f"{path}: skipped {len(problems)} of {total} questions whose answers do not fit their context: "
-            + "; ".join(problems[:5])
-            + (" ..." if len(problems) > 5 else ""),
-            stacklevel=2,
-        )
-    return examples
+        log.warning("%s", skipped_line(path, len(examples) + len(problems), problems))
+    return Examples(examples, problems)
+
+
+def skipped_line(path: str | Path, total: int, skipped: Sequence[tuple[str, str]]) -> str:
+    """One line naming the questions a reader skipped: "dev.json: skipped 2 of 50 questions whose answers do
+    not fit their context: q7 (answer 'France' at 23, but the context there reads ' Franc'); ..."."""
+    shown = "; ".join(f"{qid} ({problem})" for qid, problem in skipped[:5])
+    return (f"{path}: skipped {len(skipped)} of {total} questions whose answers do not fit their context: {shown}"
+            + (" ..." if len(skipped) > 5 else ""))
 
 
 def _answer_problem(context: str, answers: list[tuple[str, int]], is_impossible: bool) -> str | None:

@@ -69,19 +69,34 @@ POOLING_FILES = ("modules.json", "sentence_bert_config.json", "1_Pooling/config.
 class ExportSettings:
     """Settings of `berta export onnx`."""
 
-    model: Path = field(metadata={"help": "model directory (config.json + model.safetensors)", "positional": True})
-    output: Path = field(metadata={"help": "directory to write: model.onnx, config.json, tokenizer files",
-                                   "positional": True})
+    model: Path | None = field(default=None, metadata={
+        "help": "model directory (config.json + model.safetensors) [required]"})
+    output: Path | None = field(default=None, metadata={
+        "help": "directory to write: model.onnx, config.json, tokenizer files [required]"})
     task: str | None = field(default=None, metadata={"help": "task model to export (default: config.json's)",
                                                      "choices": sorted(GRAPHS)})
     quantize: str | None = field(default=None, metadata={"help": "int8: per-channel weights, per-token activations",
                                                          "choices": ["int8"]})
-    opset: int = field(default=DEFAULT_OPSET, metadata={"help": "ONNX opset version"})
-    tolerance: float = field(default=1e-4, metadata={"help": "largest allowed difference to berta (fp32)"})
-    int8_cosine: float = field(default=0.99, metadata={"help": "smallest allowed mean cosine of int8 to fp32"})
+    opset: int = field(default=DEFAULT_OPSET, metadata={"min": 1, "help": "ONNX opset version"})
+    tolerance: float = field(
+        default=1e-4, metadata={"above": 0, "help": "largest allowed difference to berta (fp32)"})
+    int8_cosine: float = field(default=0.99, metadata={"above": 0, "max": 1,
+                                                       "help": "smallest allowed mean cosine of int8 to fp32"})
     external_data_bytes: int = field(
-        default=EXTERNAL_DATA_BYTES, metadata={"help": "weights over this many bytes go to model.onnx.data"}
+        default=EXTERNAL_DATA_BYTES, metadata={"min": 1, "help": "weights over this many bytes go to model.onnx.data"}
     )
+    # The older form `berta export onnx MODEL OUTPUT`, kept: --model and --output are what every job takes.
+    paths: list[Path] = field(default_factory=list, metadata={
+        "positional": True, "optional_positional": True, "help": "MODEL OUTPUT: the same as --model MODEL "
+                                                                 "--output OUTPUT"})
+
+    def __post_init__(self) -> None:
+        if self.paths:
+            if len(self.paths) != 2 or self.model is not None or self.output is not None:
+                raise ValueError("export onnx takes --model MODEL --output OUTPUT, or the two paths MODEL OUTPUT, "
+                                 f"not both; got paths {[str(p) for p in self.paths]}")
+            self.model, self.output = self.paths
+            self.paths = []
 
 
 @dataclass
@@ -315,6 +330,8 @@ def export(settings: ExportSettings) -> Path:
     from berta.io import atomic_directory, atomic_write_json, check_file
     from berta.tokenizer import Tokenizer
 
+    if settings.model is None or settings.output is None:
+        raise ValueError("export onnx needs --model MODEL and --output OUTPUT")
     model = load(settings.model, task=settings.task, dtype=torch.float32)
     try:
         tokenizer = Tokenizer.from_pretrained(settings.model)

@@ -15,8 +15,8 @@ class FillMaskSettings:
 
     texts: list[str] = field(metadata={"positional": True, "help": "texts holding the mask token (<mask>, [MASK])"})
     model: str = field(metadata={"help": "model directory with its tokenizer (a pretraining run's model/)"})
-    top_k: int = field(default=5, metadata={"help": "fillers shown per mask"})
-    device: str = field(default="cpu", metadata={"help": "cpu, cuda, cuda:1, ..."})
+    top_k: int = field(default=5, metadata={"min": 1, "help": "fillers shown per mask"})
+    device: str = field(default="auto", metadata={"help": "auto (GPU when there is one), cpu, cuda, cuda:1, ..."})
 
 
 def fill_mask(settings: FillMaskSettings) -> list[list[list[dict[str, Any]]]]:
@@ -38,5 +38,7 @@ def fill_mask(settings: FillMaskSettings) -> list[list[list[dict[str, Any]]]]:
             if len(masks) > 1:
                 print(f"  mask {number}:")
             for rank, filler in enumerate(fillers, start=1):
-                print(f"  {rank:>3}. {filler['token_str'].strip()!r:<20} {filler['score']:.4f}")
+                # The token as text with its leading space (' the', as transformers shows it): stripping it would
+                # show a word piece and a whole word alike, and a lone space token as ''.
+                print(f"  {rank:>3}. {filler['token_str']!r:<20} {filler['score']:.4f}")
     return results

@@ -168,8 +168,11 @@ class Pipeline:
     def _require(self, method: str) -> None:
         if method not in self.methods():
             serving = [name for name, methods in task_methods().items() if method in methods]
+            architecture = (getattr(self.config, "extra", {}).get("architectures") or [self.task])[0]
+            source = f"{self.directory} is" if self.directory else "it is"
             raise TaskMismatchError(
-                f"{method} needs a {' or '.join(serving)} model, but this model's task is {self.task!r} "
+                f"{method} needs a {' or '.join(serving)} model, but this model's task is {self.task!r}: {source} "
+                f"a {architecture} checkpoint, without a trained {' or '.join(serving)} head "
                 f"(it serves: {', '.join(self.methods()) or 'nothing'})"
             )
 
@@ -639,10 +642,10 @@ def pipeline(
     """
     if backend not in ("auto", "torch", "onnx"):
         raise ValueError(f"backend {backend!r} is not one of ('auto', 'torch', 'onnx')")
-    from berta.checkpoints.hf import PICKLE_WEIGHTS_NAME, WEIGHTS_NAME, _resolve_directory, load
+    from berta.checkpoints.hf import PICKLE_WEIGHTS_NAME, WEIGHTS_NAME, load, model_directory
     from berta.inference.export import GRAPH_NAME
 
-    directory = _resolve_directory(path)  # a hub id becomes its downloaded directory, for weights and tokenizer
+    directory = model_directory(path)  # a hub id becomes its downloaded directory, for weights and tokenizer
     if backend == "auto":
         torch_weights = any((directory / name).is_file() for name in (WEIGHTS_NAME, PICKLE_WEIGHTS_NAME))
         backend = "onnx" if (directory / GRAPH_NAME).is_file() and not torch_weights else "torch"

@@ -54,8 +54,8 @@ class PredictSettings:
     text_pair_column: str | None = field(default=None, metadata={"help": "CSV/TSV column of the second text"})
     question_column: str = field(default="question", metadata={"help": "CSV/TSV column of the question"})
     context_column: str = field(default="context", metadata={"help": "CSV/TSV column of the context"})
-    limit: int | None = field(default=None, metadata={"help": "predict only the first N inputs"})
-    batch_size: int = field(default=32, metadata={"help": "inputs per model call"})
+    limit: int | None = field(default=None, metadata={"min": 1, "help": "predict only the first N inputs"})
+    batch_size: int = field(default=32, metadata={"min": 1, "help": "inputs per model call"})
     dtype: str | None = field(default=None, metadata={"help": "bfloat16 or float16 weights (default: as saved)"})
     quantize: Literal["int8"] | None = field(
         default=None, metadata={"help": "int8: the encoder layers in int8 (per-channel weights, per-token activations)"}
@@ -67,7 +67,7 @@ class PredictSettings:
     device: str = field(default="auto", metadata={"help": "auto, cpu, cuda, cuda:1, ..."})
     skip_errors: bool = field(default=False, metadata={"help": "count and skip malformed lines instead of stopping"})
     progress: bool = field(default=True, metadata={"help": "show a progress bar on larger inputs"})
-    top_k: int = field(default=1, metadata={"help": "classify / answer / fill-mask: results per input"})
+    top_k: int = field(default=1, metadata={"min": 1, "help": "classify / answer / fill-mask: results per input"})
     aggregation: str = field(default="simple", metadata={"help": "tag: how sub-tokens form entities",
                                                          "choices": ["none", "simple", "first", "average", "max"]})
     pooling: str | None = field(default=None, metadata={"help": "embed: cls, mean, max (default: the model's)"})
@@ -222,7 +222,7 @@ def _write_records(pipe: Pipeline, method: str, records: list[Record], settings:
                    progress: bool) -> None:
     chunk = settings.batch_size * 16  # results stream out chunk by chunk; each chunk is length-sorted inside
     bar = None
-    if progress:
+    if progress and sys.stderr.isatty():  # tqdm only on a terminal
         from tqdm import tqdm
 
         bar = tqdm(total=len(records), unit="inputs", desc="predict", dynamic_ncols=True)

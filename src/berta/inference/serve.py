@@ -53,7 +53,7 @@ class ServeSettings:
 
     model: str = field(metadata={"help": "model directory (config.json, weights and tokenizer)"})
     host: str = field(default="127.0.0.1", metadata={"help": "address to listen on (0.0.0.0: every interface)"})
-    port: int = field(default=8000, metadata={"help": "TCP port"})
+    port: int = field(default=8000, metadata={"min": 0, "max": 65535, "help": "TCP port"})
     device: str = field(default="auto", metadata={"help": "auto, cpu, cuda, cuda:1, ..."})
     dtype: str | None = field(default=None, metadata={"help": "bfloat16 or float16 weights (default: as saved)"})
     quantize: Literal["int8"] | None = field(
@@ -63,18 +63,23 @@ class ServeSettings:
         default="auto", metadata={"help": "onnx runs an exported graph (berta export onnx); auto: onnx for such a "
                                           "directory"}
     )
-    max_batch_tokens: int = field(default=16384, metadata={"help": "most tokens in one model batch"})
-    max_batch_size: int = field(default=64, metadata={"help": "most inputs in one model batch"})
-    max_wait_ms: float = field(default=2.0, metadata={"help": "how long a batch waits for more requests (0: none)"})
-    max_client_batch_size: int = field(default=64, metadata={"help": "most inputs in one request (else 413)"})
-    max_input_chars: int = field(default=20_000, metadata={"help": "most characters per input (else 413)"})
-    max_body_bytes: int = field(default=2_000_000, metadata={"help": "largest request body in bytes (else 413)"})
-    max_queue: int = field(default=1024, metadata={"help": "most inputs waiting for the model (else 429)"})
-    request_timeout: float = field(default=30.0, metadata={"help": "seconds a request may wait for its result"})
+    max_batch_tokens: int = field(default=16384, metadata={"min": 1, "help": "most tokens in one model batch"})
+    max_batch_size: int = field(default=64, metadata={"min": 1, "help": "most inputs in one model batch"})
+    max_wait_ms: float = field(default=2.0, metadata={"min": 0,
+                                                      "help": "how long a batch waits for more requests (0: none)"})
+    max_client_batch_size: int = field(default=64, metadata={"min": 1, "help": "most inputs in one request (else 413)"})
+    max_input_chars: int = field(default=20_000, metadata={"min": 1,
+                                                           "help": "most characters per input (else 413)"})
+    max_body_bytes: int = field(default=2_000_000, metadata={"min": 1,
+                                                             "help": "largest request body in bytes (else 413)"})
+    max_queue: int = field(default=1024, metadata={"min": 1, "help": "most inputs waiting for the model (else 429)"})
+    request_timeout: float = field(default=30.0, metadata={"above": 0,
+                                                           "help": "seconds a request may wait for its result"})
     api_key: str | None = field(default=None, metadata={"help": "require 'Authorization: Bearer KEY' (not on "
                                                                  "/health); or set $BERTA_API_KEY, which ps "
                                                                  "does not show"})
-    workers: int = field(default=1, metadata={"help": "server processes on the port, each with its own model"})
+    workers: int = field(default=1, metadata={"min": 1,
+                                              "help": "server processes on the port, each with its own model"})
     log_level: str = field(default="info", metadata={"help": "uvicorn log level",
                                                      "choices": ["critical", "error", "warning", "info", "debug"]})
 
@@ -433,8 +438,10 @@ class Server:
             from berta.inference.pipeline import task_methods
 
             serving = [task for task, methods in task_methods().items() if method in methods]
+            architecture = (getattr(self.pipe.config, "extra", {}).get("architectures") or [self.pipe.task])[0]
             raise ClientError(400, f"this route needs a {' or '.join(serving)} model, but the loaded model's task "
-                                   f"is {self.pipe.task!r}; it serves {self._routes_served()}", "task")
+                                   f"is {self.pipe.task!r} (a {architecture} checkpoint, without a trained "
+                                   f"{' or '.join(serving)} head); it serves {self._routes_served()}", "task")
 
     def _routes_served(self) -> str:
         routes = {"embed": "/embed, /v1/embeddings", "classify": "/predict", "tag": "/tag", "answer": "/answer",

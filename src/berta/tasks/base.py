@@ -46,8 +46,10 @@ class Options:
 
     max_length: int | None = dataclasses.field(
         default=None,
-        metadata={"help": "tokens per sequence (QA: per window), special tokens included (default: the task's)"},
+        metadata={"min": 8,
+                  "help": "tokens per sequence (QA: per window), special tokens included (default: the task's)"},
     )
+    encoding: str = dataclasses.field(default="utf-8", metadata={"help": "text encoding of the data files"})
 
 
 class Task:
@@ -82,6 +84,7 @@ class Task:
     input_axes: ClassVar[tuple[str, ...]] = ("batch", "seq")
     per_token: ClassVar[bool] = False
     max_length: int
+    encoding: str = "utf-8"  # of the files `read` reads; `finetune` / `evaluate` set it from --encoding
 
     @classmethod
     def from_options(cls, tokenizer: Tokenizer, options: Any, id2label: Mapping[int, str] | None = None,
@@ -100,7 +103,8 @@ class Task:
     @classmethod
     def own_options(cls, options: Any) -> Any:
         """`cls.options` filled from the same-named attributes of `options` (the job's settings)."""
-        return cls.options(**{f.name: getattr(options, f.name) for f in dataclasses.fields(cls.options)})
+        return cls.options(**{f.name: getattr(options, f.name) for f in dataclasses.fields(cls.options)
+                              if hasattr(options, f.name) or f.default is dataclasses.MISSING})
 
     @classmethod
     def length(cls, options: Any) -> int:

@@ -140,7 +140,8 @@ class ClassificationTask(Task):
 
     def read(self, path: str | Path, labelled: bool = True) -> list[TextExample]:
         """Examples of a CSV / TSV / JSONL file, with labels unless `labelled=False`."""
-        return read_table(path, self.text_column, self.text_pair_column, self.label_column if labelled else None)
+        return read_table(path, self.text_column, self.text_pair_column, self.label_column if labelled else None,
+                          encoding=self.encoding)
 
     def fit_labels(self, examples: Sequence[TextExample]) -> dict[int, str]:
         """Set the problem type and the label set from training examples; returns `id2label`."""
@@ -246,15 +247,15 @@ class ClassificationTask(Task):
         for example in examples:
             self._target(example)  # an unknown or malformed gold label fails here, naming its file and line
         if self.problem_type == REGRESSION:
-            return metrics.regression([p["value"] for p in predictions], [float(e.label) for e in examples])
+            return metrics.regression(predictions=[p["value"] for p in predictions],
+                                      references=[float(e.label) for e in examples])
         if self.problem_type == MULTI_LABEL:
             names = list(self.id2label.values())
             predicted = [[int(name in p["labels"]) for name in names] for p in predictions]
             gold = [[int(name in e.label) for name in names] for e in examples]
             # Pooling every (example, label) decision gives scikit-learn's average="micro" for multi-label.
-            pooled = metrics.classification(
-                [x for row in predicted for x in row], [x for row in gold for x in row], average="binary"
-            )
+            pooled = metrics.classification(predictions=[x for row in predicted for x in row],
+                                            references=[x for row in gold for x in row], average="binary")
             return {
                 "exact_match": float(np.mean([p == g for p, g in zip(predicted, gold, strict=True)])),
                 "micro_precision": pooled["precision"],
@@ -262,7 +263,8 @@ class ClassificationTask(Task):
                 "micro_f1": pooled["f1"],
                 "number": len(examples),
             }
-        return metrics.classification([p["label"] for p in predictions], [e.label for e in examples], self.average)
+        return metrics.classification(predictions=[p["label"] for p in predictions],
+                                      references=[e.label for e in examples], average=self.average)
 
     def records(self, examples: Sequence[TextExample], predictions: Sequence[dict]) -> list[dict[str, Any]]:
         """One JSON-ready row per example: where it came from, its text(s), gold label and prediction."""

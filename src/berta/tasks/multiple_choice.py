@@ -116,7 +116,7 @@ class MultipleChoiceTask(Task):
         """The questions of a JSON Lines file; every line must have as many choices as the first."""
         columns = self.columns
         examples: list[ChoiceExample] = []
-        for line, record in io.read_jsonl(path):
+        for line, record in io.read_jsonl(path, self.encoding):
             where = f"{path} line {line}"
             wanted = [columns.question_column, columns.choices_column] + ([columns.label_column] if labelled else [])
             missing = [name for name in wanted if name not in record]

@@ -34,10 +34,10 @@ from berta.tokenizer import Tokenizer
 class QAOptions(Options):
     # Defaults: BERT's run_squad.py (doc_stride 128, max_query_length 64, n_best_size 20, max_answer_length 30,
     # null_score_diff_threshold 0.0).
-    stride: int = field(default=128, metadata={"help": "tokens shared by consecutive context windows"})
-    max_query_length: int = field(default=64, metadata={"help": "question tokens kept"})
-    n_best: int = field(default=20, metadata={"help": "start and end candidates per window, spans kept"})
-    max_answer_length: int = field(default=30, metadata={"help": "longest answer in tokens"})
+    stride: int = field(default=128, metadata={"min": 0, "help": "tokens shared by consecutive context windows"})
+    max_query_length: int = field(default=64, metadata={"min": 1, "help": "question tokens kept"})
+    n_best: int = field(default=20, metadata={"min": 1, "help": "start and end candidates per window, spans kept"})
+    max_answer_length: int = field(default=30, metadata={"min": 1, "help": "longest answer in tokens"})
     null_threshold: float = field(
         default=0.0, metadata={"help": "SQuAD v2: answer nothing when null score - best span score exceeds this"}
     )
@@ -93,8 +93,9 @@ class QATask(Task):
         room = max_length - max_query_length - 4  # [CLS] q [SEP] c [SEP], and RoBERTa's </s></s>
         if room < 1 or not 0 <= stride < room:
             raise ValueError(
-                f"max_length {max_length} with max_query_length {max_query_length} leaves {room} context tokens "
-                f"per window; stride must be smaller than that, got {stride}"
+                f"--max-length {max_length} with --max-query-length {max_query_length} leaves {room} context tokens "
+                f"per window; --stride must be smaller than that, got {stride} (lower --stride, or raise "
+                "--max-length up to the model's positions)"
             )
         self.tokenizer = tokenizer
         self.max_length = max_length
@@ -109,8 +110,9 @@ class QATask(Task):
     # -- data ----------------------------------------------------------------------------------------
 
     def read(self, path: str | Path, labelled: bool = True) -> list[QAExample]:
-        """Questions of a SQuAD JSON file; answers that do not match their offset are skipped with a warning."""
-        return read_squad(path)
+        """Questions of a SQuAD JSON file; questions whose answers do not match their offsets are skipped, counted
+        in one log line and listed in the result's `skipped` (the report's `skipped`)."""
+        return read_squad(path, encoding=self.encoding)
 
     def fit_labels(self, examples: Sequence[QAExample]) -> None:
         """QA has no label set; the training data decides whether unanswerable questions are predicted."""
@@ -227,13 +229,14 @@ class QATask(Task):
         null threshold (`best_f1_thresh`, in the units of `no_answer_score`)."""
         references = {e.id: [text for text, _ in e.answers] for e in examples}
         if not self.with_null_answer:
-            return metrics.squad({e.id: p["answer"] for e, p in zip(examples, predictions, strict=True)}, references,
-                                 version="1.1")
+            answers = {e.id: p["answer"] for e, p in zip(examples, predictions, strict=True)}
+            return metrics.squad(predictions=answers, references=references, version="1.1")
         # The scripts take the best non-null span and decide "no answer" from the no-answer scores, so the best
         # threshold can be searched; with `null_threshold` this gives the same answers as `answer`.
         spans = {e.id: p["best_span"] for e, p in zip(examples, predictions, strict=True)}
         scores = {e.id: _finite(p["no_answer_score"]) for e, p in zip(examples, predictions, strict=True)}
-        return metrics.squad(spans, references, scores, threshold=self.null_threshold, version="2.0")
+        return metrics.squad(predictions=spans, references=references, no_answer_probabilities=scores,
+                             threshold=self.null_threshold, version="2.0")
 
     def records(self, examples: Sequence[QAExample], predictions: Sequence[dict]) -> list[dict[str, Any]]:
         """One JSON-ready row per question: id, question, gold answers and the prediction."""

@@ -172,7 +172,7 @@ class TokenTask(Task):
 
     def read(self, path: str | Path, labelled: bool = True) -> list[Sentence]:
         """Sentences of a CoNLL file (tags from `tag_column` unless `labelled=False`)."""
-        return read_conll(path, self.token_column, self.tag_column if labelled else None)
+        return read_conll(path, self.token_column, self.tag_column if labelled else None, encoding=self.encoding)
 
     def fit_labels(self, sentences: Sequence[Sentence]) -> dict[int, str]:
         """The tag set of the training sentences; returns `id2label`."""
@@ -303,7 +303,7 @@ class TokenTask(Task):
         if self.scheme is None:
             pairs = [(p, g) for ps, gs in zip(predicted, gold, strict=True) for p, g in zip(ps, gs, strict=True)]
             return {"accuracy": sum(p == g for p, g in pairs) / len(pairs), "number": len(pairs)}
-        return metrics.entities(predicted, gold, scheme=self.scheme)
+        return metrics.entities(predictions=predicted, references=gold, scheme=self.scheme)
 
     def records(self, sentences: Sequence[Sentence], predictions: Sequence[dict]) -> list[dict[str, Any]]:
         """One JSON-ready row per sentence: line, words, gold tags and the prediction."""

@@ -201,9 +201,9 @@ def _write_model(run: RunState, state: dict[str, torch.Tensor] | None, directory
         # The wrapped module's parameters are views of FSDP's flat shards; an unsharded copy on the CPU saves.
         model = run.plain_copy()
         model.load_state_dict(state)
-    model.save(directory)  # type: ignore[operator]
-    if run.job.save_extras is not None:
+    if run.job.save_extras is not None:  # the tokenizer first: the model's `save` then finds it there
         run.job.save_extras(directory)
+    model.save(directory)  # type: ignore[operator]
 
 
 def _link_tree(source: Path, target: Path, skip: tuple[str, ...] = ()) -> None:
@@ -228,7 +228,13 @@ def _optimizer_state(run: RunState) -> dict[str, Any]:
     return run.optimizer.state_dict()
 
 
-def write_settings(output_dir: Path, settings: dict[str, Any]) -> None:
-    """`train_settings.json`: the settings of the job that last ran in the directory (a `--config` file)."""
-    atomic_write_json(output_dir / "train_settings.json", settings)
+def write_settings(output_dir: Path, record: Any) -> None:
+    """`train_settings.json`: the whole job that last ran in the directory, so the directory alone says how it
+    was made: every setting (task, model, data paths, columns, max length...) under its field name, so that
+    `--config runs/x/train_settings.json` takes it back, and under `_run` (which `--config` skips) the job, the
+    berta version and the fingerprints of the base model and the data files."""
+    import importlib.metadata
+
+    about = {"job": record.job, "berta_version": importlib.metadata.version("berta"), "fingerprints": record.data}
+    atomic_write_json(output_dir / "train_settings.json", {**record.settings, "_run": about})
 

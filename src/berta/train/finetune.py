@@ -33,8 +33,8 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from berta import tasks
-from berta.checkpoints.hf import load
+from berta import io, tasks
+from berta.checkpoints.hf import load, model_directory
 from berta.config import ProblemType
 from berta.device import resolve_device
 from berta.tasks.base import Task, bucketed_order, combined_options, feature_length, run_model
@@ -84,12 +84,13 @@ class FinetuneSettings(TaskOptions, TrainSettings):
     freeze_embeddings: bool = field(
         default=False, metadata={"help": "keep the word embeddings fixed (faster steps on CPU)"}
     )
-    lr: float = field(default=2e-5, metadata={"help": "peak learning rate (RoBERTa GLUE: 1e-5..3e-5)"})
-    batch_size: int = field(default=32, metadata={"help": "sequences per step (RoBERTa GLUE: 16 or 32)"})
-    epochs: int = field(default=3, metadata={"help": "passes over the training data"})
-    weight_decay: float = field(default=0.1, metadata={"help": "AdamW weight decay (RoBERTa GLUE: 0.1)"})
-    eval_every: int = field(default=0, metadata={"help": "steps between validations (0: every epoch)"})
-    save_every: int = field(default=0, metadata={"help": "steps between checkpoints (0: at the end only)"})
+    lr: float = field(default=2e-5, metadata={"above": 0, "help": "peak learning rate (RoBERTa GLUE: 1e-5..3e-5)"})
+    batch_size: int = field(default=32, metadata={"min": 1, "help": "sequences per step (RoBERTa GLUE: 16 or 32)"})
+    epochs: int = field(default=3, metadata={"min": 1, "help": "passes over the training data"})
+    weight_decay: float = field(default=0.1, metadata={"min": 0, "help": "AdamW weight decay (RoBERTa GLUE: 0.1)"})
+    eval_every: int = field(default=0, metadata={"min": 0,
+                                                 "help": "steps between validations (0: at the end of every epoch)"})
+    save_every: int = field(default=0, metadata={"min": 0, "help": "steps between checkpoints (0: at the end only)"})
     best_metric: str = field(
         default="", metadata={"help": "validation metric of the best model, e.g. val_f1 (default: the task's)"}
     )
@@ -132,7 +133,9 @@ def build_task(name: str, tokenizer: Tokenizer, options: Any, id2label: dict[int
     """
     if name not in TASK_NAMES:
         raise ValueError(f"unknown task {name!r}; tasks are {list(TASK_NAMES)}")
-    return tasks.get(name).from_options(tokenizer, options, id2label=id2label, problem_type=problem_type)
+    task = tasks.get(name).from_options(tokenizer, options, id2label=id2label, problem_type=problem_type)
+    task.encoding = getattr(options, "encoding", "utf-8")
+    return task
 
 
 def main_metric(task: Task) -> str:
@@ -148,7 +151,7 @@ def main_metric(task: Task) -> str:
 
 def _scalars(result: dict[str, Any], prefix: str = "") -> dict[str, float]:
     return {
-        f"{prefix}{key}": float(value) for key, value in result.items()
+        f"{prefix}{key}": value if isinstance(value, int) else float(value) for key, value in result.items()
         if isinstance(value, int | float) and not isinstance(value, bool)
     }
 
@@ -159,6 +162,12 @@ def _fit_length(task: Any, model: nn.Module, asked: int | None) -> None:
     if asked is not None and asked > longest:
         raise ValueError(f"--max-length {asked} exceeds the model's {longest} positions")
     task.max_length = min(task.max_length, longest)
+    stride, query = getattr(task, "stride", None), getattr(task, "max_query_length", None)
+    if stride is not None and query is not None and not 0 <= stride < task.max_length - query - 4:
+        room = task.max_length - query - 4
+        raise ValueError(f"--stride {stride} with --max-query-length {query} does not fit windows of "
+                         f"{task.max_length} tokens (the model's positions); pass --stride below {max(room, 1)}"
+                         + ("" if room > 1 else " and a smaller --max-query-length"))
 
 
 def finetune(settings: FinetuneSettings) -> dict[str, Any]:
@@ -172,17 +181,24 @@ def finetune(settings: FinetuneSettings) -> dict[str, Any]:
         {'accuracy': 0.83, ..., 'examples': 1280}
     """
     configure_logging()
+    # Every input is opened and read (format, columns, labels) before the model loads: a bad --eval file
+    # fails now, not after training.
     languages = [_language_file(item) for item in settings.eval]
-    tokenizer = Tokenizer.from_pretrained(settings.model)
+    for what, path in [("--train", settings.train), ("--validation", settings.validation)] + [
+            ("--eval", path) for path, _ in languages]:
+        io.check_file(path, what)
+    model_path = model_directory(settings.model)
+    tokenizer = Tokenizer.from_pretrained(model_path)
     task = build_task(settings.task, tokenizer, settings, problem_type=settings.problem_type)
     train_examples = task.read(settings.train)
     id2label = task.fit_labels(train_examples)
     validation_examples = task.read(settings.validation)
+    eval_examples = {language: task.read(path) for path, language in languages}
     log.info("%s: %d training examples, %d validation examples%s", settings.task, len(train_examples),
              len(validation_examples), f", labels {list(id2label.values())}" if id2label else "")
 
     torch.manual_seed(settings.seed)  # the new head's initialisation is part of what the seed fixes
-    model = load(settings.model, task=settings.task, id2label=id2label)
+    model = load(model_path, task=settings.task, id2label=id2label, new_head="init")
     _fit_length(task, model, settings.max_length)
     task.configure_model(model)
     if settings.freeze_embeddings:
@@ -203,7 +219,9 @@ def finetune(settings: FinetuneSettings) -> dict[str, Any]:
     loop_settings = _loop_settings(settings, main_metric(task), len(train_features))
     record = RunRecord.of(
         "finetune", settings, {"--train": file_fingerprint(settings.train),
-                               "--validation": file_fingerprint(settings.validation)},
+                               "--validation": file_fingerprint(settings.validation),
+                               "--model": file_fingerprint(model_path / "model.safetensors")
+                               if (model_path / "model.safetensors").is_file() else "(no model.safetensors)"},
         identity=("task", "model"), may_change=MAY_CHANGE_ON_RESUME | {"eval"},
     )
     result = train(
@@ -218,13 +236,13 @@ def finetune(settings: FinetuneSettings) -> dict[str, Any]:
     report = write_report(task, model, validation_examples, settings.output, settings.batch_size * 2)
     if languages:
         table = {}
-        for path, language in languages:
-            examples = task.read(path)
+        for _, language in languages:
+            examples = eval_examples[language]
             table[language] = write_report(task, model, examples, settings.output, settings.batch_size * 2,
                                            suffix=f"-{language}", write_results=False)
         report["languages"] = table
         print(language_table(table, main_metric(task)))
-    (settings.output / "eval_results.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    io.atomic_write_json(settings.output / "eval_results.json", report)
     log.info("validation (%d examples): %s; report in %s", report["examples"],
              {k: round(v, 4) for k, v in _scalars(report).items() if k != "examples"}, settings.output)
     return report
@@ -235,7 +253,11 @@ def _loop_settings(settings: FinetuneSettings, metric: str, num_features: int) -
     best_metric = settings.best_metric or f"val_{metric}"
     if settings.best_mode == "auto":
         values["best_mode"] = "min" if best_metric.endswith("loss") else "max"
-    steps_per_epoch = max(1, num_features // (settings.batch_size * settings.grad_accum))
+    if num_features < settings.batch_size * settings.grad_accum:  # a small training set trains, in one batch
+        values["batch_size"] = max(1, num_features // settings.grad_accum)
+        log.info("%d training features, fewer than one batch of %d: training with batches of %d", num_features,
+                 settings.batch_size * settings.grad_accum, values["batch_size"])
+    steps_per_epoch = max(1, num_features // (values["batch_size"] * settings.grad_accum))
     values.update(best_metric=best_metric, eval_every=settings.eval_every or steps_per_epoch)
     return TrainSettings(**values)
 
@@ -275,16 +297,23 @@ def write_report(task: Any, model: nn.Module, examples: list, output: Path, batc
     predictions = task.predict(model, examples, batch_size)
     result = task.score(examples, predictions)
     result["examples"] = len(examples)
-    with open(output / f"predictions{suffix}.jsonl", "w", encoding="utf-8") as handle:
-        for row in task.records(examples, predictions):
-            handle.write(json.dumps(row, ensure_ascii=False) + "\n")
+    skipped = getattr(examples, "skipped", [])  # wrongly labelled examples the reader left out (berta.data.readers)
+    if skipped:
+        result["skipped"] = {
+            "count": len(skipped), "read": len(examples) + len(skipped),
+            "why": "answers that do not fit their context (answer_start does not point at the answer text, or "
+                   "is_impossible contradicts the answers); `examples` and `total` count the scored ones only",
+            "questions": [{"id": qid, "problem": problem} for qid, problem in skipped],
+        }
+    io.atomic_write_text(output / f"predictions{suffix}.jsonl", "".join(
+        json.dumps(row, ensure_ascii=False) + "\n" for row in task.records(examples, predictions)))
     if task.name == "classification" and task.problem_type == "single_label_classification":
         plot_confusion_matrix(
             [p["label"] for p in predictions], [e.label for e in examples], list(task.id2label.values()),
             output / f"confusion_matrix{suffix}.png",
         )
     if write_results:
-        (output / "eval_results.json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+        io.atomic_write_json(output / "eval_results.json", result)
     return result
 
 
@@ -296,19 +325,22 @@ def evaluate(settings: EvaluateSettings) -> dict[str, Any]:
         {'accuracy': 0.82, ..., 'examples': 1281}
     """
     configure_logging()
-    model = load(settings.model, task=settings.task)
+    io.check_file(settings.data, "--data")
+    model_path = model_directory(settings.model)
+    model = load(model_path, task=settings.task)
     if model.task not in TASK_NAMES:
         raise ValueError(
             f"{settings.model}: the checkpoint is a {model.task!r} model, not a fine-tuned one; pass --task "
             f"({', '.join(TASK_NAMES)}) only for a checkpoint with that head"
         )
     model.to(resolve_device(settings.device))
-    tokenizer = Tokenizer.from_pretrained(settings.model)
+    tokenizer = Tokenizer.from_pretrained(model_path)
     task = tasks.get(model.task).from_checkpoint(tokenizer, settings, model.config)
+    task.encoding = settings.encoding
     _fit_length(task, model, settings.max_length)
     examples = task.read(settings.data)
     task.fit_evaluation(examples)
-    output = settings.output or settings.model.parent / f"eval-{settings.data.name.split('.')[0]}"
+    output = settings.output or model_path.parent / f"eval-{settings.data.name.split('.')[0]}"
     result = write_report(task, model, examples, output, settings.batch_size)
     log.info("%s: %s -> %s", settings.data, {k: round(v, 4) for k, v in _scalars(result).items()}, output)
     return result

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -51,10 +52,12 @@ class MetricsLog:
             try:
                 from torch.utils.tensorboard import SummaryWriter
             except ImportError:
-                log.info("tensorboard is not installed: metrics go to %s only", self.path)
+                log.debug("tensorboard is not installed: metrics go to %s only", self.path)  # said in --help
             else:
                 self.writer = SummaryWriter(str(output_dir / "tensorboard"), purge_step=start_step + 1)
-        if settings.progress:
+        self.total_steps = total_steps
+        self.plain = settings.progress and not sys.stderr.isatty()  # redirected output: plain lines, not a bar
+        if settings.progress and not self.plain:
             from tqdm.auto import tqdm
 
             self.bar = tqdm(total=total_steps, initial=start_step, unit="step", dynamic_ncols=True)
@@ -74,6 +77,10 @@ class MetricsLog:
             for key, value in record.items():
                 if key != "step" and isinstance(value, int | float):
                     self.writer.add_scalar(key, value, record["step"])
+        if self.plain:
+            extra = f", val_loss {record['val_loss']:.4f}" if "val_loss" in record else ""
+            log.info("step %d/%d: loss %.4f, %d tokens/s%s", record["step"], self.total_steps, record["loss"],
+                     round(record["tokens_per_s"]), extra)
         if self.bar is not None:
             postfix = {"loss": f"{record['loss']:.4f}", "tok/s": f"{record['tokens_per_s']:.0f}"}
             if "val_loss" in record:

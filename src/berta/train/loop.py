@@ -154,8 +154,9 @@ def _plain_copies(module: nn.Module, factory: Callable[[], nn.Module] | None, fs
     return lambda: copy.deepcopy(template).to_empty(device="cpu")
 
 
-def _steps(job: Job, distributed: Distributed) -> tuple[int, int]:
-    """(global batch, total optimizer steps); an epoch smaller than one global batch is an error."""
+def _steps(job: Job, distributed: Distributed) -> tuple[int, int, int]:
+    """(global batch, total optimizer steps, steps per epoch); an epoch smaller than one global batch is an
+    error."""
     settings = job.settings
     global_batch = settings.batch_size * settings.grad_accum * distributed.world_size
     samples_per_epoch = len(job.sample_order(0))
@@ -163,10 +164,10 @@ def _steps(job: Job, distributed: Distributed) -> tuple[int, int]:
     if steps_per_epoch < 1:
         raise ValueError(
             f"an epoch holds {samples_per_epoch} samples, fewer than one global batch of {global_batch} "
-            f"(batch_size {settings.batch_size} x grad_accum {settings.grad_accum} x {distributed.world_size} "
-            "processes)"
+            f"(--batch-size {settings.batch_size} x --grad-accum {settings.grad_accum} x {distributed.world_size} "
+            "processes); lower --batch-size or --grad-accum, or use more data"
         )
-    return global_batch, settings.max_steps or settings.epochs * steps_per_epoch
+    return global_batch, settings.max_steps or settings.epochs * steps_per_epoch, steps_per_epoch
 
 
 def _prepare_directory(job: Job, distributed: Distributed) -> Path | None:
@@ -186,7 +187,7 @@ def _prepare_directory(job: Job, distributed: Distributed) -> Path | None:
 def _start(job: Job, distributed: Distributed, device: torch.device) -> RunState:
     """Build the run; resume from the last checkpoint when the settings allow."""
     settings = job.settings
-    global_batch, total_steps = _steps(job, distributed)
+    global_batch, total_steps, steps_per_epoch = _steps(job, distributed)
     resume_from = _prepare_directory(job, distributed)
     factory = None if isinstance(job.model, nn.Module) else job.model
     module: nn.Module = job.model if factory is None else factory()  # type: ignore[assignment]
@@ -222,7 +223,7 @@ def _start(job: Job, distributed: Distributed, device: torch.device) -> RunState
         plain_copy=plain_copy, optimizer=optimizer,
         scheduler=build_scheduler(optimizer, total_steps, resolve_warmup(settings, total_steps), settings),
         scaler=torch.amp.GradScaler(device.type, enabled=precision is torch.float16),
-        total_steps=total_steps, global_batch=global_batch,
+        total_steps=total_steps, global_batch=global_batch, steps_per_epoch=steps_per_epoch,
         metrics=MetricsLog(job.output_dir, settings, distributed.main, progress.step, total_steps),
         window=Window(device), progress=progress, saved_step=progress.step if resume_from is not None else None,
     )
@@ -236,7 +237,11 @@ def _start(job: Job, distributed: Distributed, device: torch.device) -> RunState
                         distributed.rank)
             seed_everything(settings.seed + distributed.rank + progress.step)
     if distributed.main:
-        write_settings(job.output_dir, job.record.settings)
+        length = (f"--max-steps {settings.max_steps}" if settings.max_steps else
+                  f"{settings.epochs} epoch{'s' * (settings.epochs != 1)} (--epochs; --max-steps sets steps instead)")
+        log.info("training %d steps of %d sequences: %s, %d steps per epoch", total_steps, global_batch, length,
+                 steps_per_epoch)
+        write_settings(job.output_dir, job.record)
     return run
 
 
@@ -315,7 +320,7 @@ def _after_step(run: RunState) -> bool:
     settings, progress = run.settings, run.progress
     finished = progress.step >= run.total_steps
     evaluated = run.job.evaluate is not None and (
-        finished or bool(settings.eval_every and progress.step % settings.eval_every == 0)
+        finished or progress.step % (settings.eval_every or run.steps_per_epoch) == 0  # 0: at every epoch's end
     )
     record = None
     if evaluated or finished or progress.step % settings.log_every == 0:
@@ -348,6 +353,18 @@ def _evaluate(run: RunState) -> dict[str, float]:
     return run.distributed.broadcast(metrics)
 
 
+def best_mode(settings: TrainSettings) -> str:
+    """"min" or "max": `--best-mode`, where "auto" means min for a loss and max for any other metric.
+
+    Example:
+        >>> best_mode(TrainSettings(best_metric="val_f1"))
+        'max'
+    """
+    if settings.best_mode != "auto":
+        return settings.best_mode
+    return "min" if settings.best_metric.endswith("loss") else "max"
+
+
 def _track_best(run: RunState, metrics: dict[str, float]) -> None:
     settings, progress = run.settings, run.progress
     if not settings.best_metric:
@@ -356,7 +373,7 @@ def _track_best(run: RunState, metrics: dict[str, float]) -> None:
         raise ValueError(f"best_metric {settings.best_metric!r} is not among the evaluation metrics {sorted(metrics)}")
     value = metrics[settings.best_metric]
     better = progress.best_value is None or (
-        value < progress.best_value if settings.best_mode == "min" else value > progress.best_value
+        value < progress.best_value if best_mode(settings) == "min" else value > progress.best_value
     )
     if better:
         progress.best_value, progress.best_step = value, progress.step

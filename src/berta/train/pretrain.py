@@ -43,9 +43,10 @@ class PretrainSettings(TrainSettings):
     """Settings of `berta pretrain`: the loop's settings plus data, model and masking.
 
     Defaults are RoBERTa-base's pretraining recipe (Liu et al. 2019, table 9; fairseq `examples/roberta`):
-    peak lr 6e-4, 500k steps with 24k warm-up, AdamW (0.9, 0.98, 1e-6), weight decay 0.01, no clipping, 15%
-    dynamic masking with 80/10/10. RoBERTa's global batch of 8k sequences is `--batch-size` x `--grad-accum` x
-    processes (e.g. 32 x 32 on 8 GPUs).
+    peak lr 6e-4, warm-up 4.8% of the steps, AdamW (0.9, 0.98, 1e-6), weight decay 0.01, no clipping, 15%
+    dynamic masking with 80/10/10 — except the length: `--epochs` passes, not RoBERTa's 500k steps
+    (`--max-steps 500000`), so a first run on a CPU ends. RoBERTa's global batch of 8k sequences is
+    `--batch-size` x `--grad-accum` x processes (e.g. 32 x 32 on 8 GPUs).
 
     Example:
         >>> PretrainSettings(data=Path("data"), model="tiny", output=Path("runs/tiny"), max_steps=100).mask_prob
@@ -57,25 +58,33 @@ class PretrainSettings(TrainSettings):
         metadata={"help": f"a preset ({', '.join(sorted(PRESETS))}) to train from scratch, or a model directory"}
     )
     output: Path = field(metadata={"help": "run directory: checkpoints, metrics.jsonl, model/ (resumed if present)"})
-    max_steps: int = field(default=500_000, metadata={"help": "optimizer steps (RoBERTa: 500k)"})
-    warmup_ratio: float = field(default=0.048, metadata={"help": "warm-up share of the steps (RoBERTa: 24k of 500k)"})
-    eval_every: int = field(default=1000, metadata={"help": "steps between validations (0: only at the end)"})
-    mask_prob: float = field(default=0.15, metadata={"help": "share of tokens predicted (BERT, RoBERTa: 0.15)"})
-    random_token_prob: float = field(default=0.1, metadata={"help": "share of predicted tokens replaced at random"})
-    leave_unmasked_prob: float = field(default=0.1, metadata={"help": "share of predicted tokens left as they are"})
+    # Not RoBERTa's 500k steps by default: a CPU user's first run ends. The recipe is `--max-steps 500000`.
+    max_steps: int = field(default=0, metadata={"min": 0, "help": "optimizer steps (0: --epochs passes over the "
+                                                                  "data; RoBERTa's recipe: 500000)"})
+    warmup_ratio: float = field(default=0.048, metadata={"min": 0, "max": 1,
+                                                         "help": "warm-up share of the steps (RoBERTa: 24k of 500k)"})
+    eval_every: int = field(default=1000, metadata={"min": 0,
+                                                    "help": "steps between validations (0: at the end of every epoch)"})
+    mask_prob: float = field(default=0.15, metadata={"above": 0, "max": 1,
+                                                     "help": "share of tokens predicted (BERT, RoBERTa: 0.15)"})
+    random_token_prob: float = field(default=0.1, metadata={"min": 0, "max": 1,
+                                                            "help": "share of predicted tokens replaced at random"})
+    leave_unmasked_prob: float = field(default=0.1, metadata={"min": 0, "max": 1,
+                                                              "help": "share of predicted tokens left as they are"})
     masking: Literal["dynamic", "static"] = field(
         default="dynamic",
         metadata={"help": "dynamic: a new mask every epoch (RoBERTa); static: --static-masks fixed masks (BERT)"},
     )
     static_masks: int = field(
-        default=10, metadata={"help": "masks per sample with --masking static (RoBERTa section 4.1: 10)"}
+        default=10, metadata={"min": 0, "help": "masks per sample with --masking static (RoBERTa section 4.1: 10)"}
     )
     whole_word: bool = field(default=False, metadata={"help": "mask whole words (all pieces of a word together)"})
     language_alpha: float = field(
-        default=0.3, metadata={"help": "multilingual data: sample languages with p^alpha (XLM-R: 0.3)"}
+        default=0.3, metadata={"min": 0, "max": 1,
+                               "help": "multilingual data: sample languages with p^alpha (XLM-R: 0.3)"}
     )
     validation_samples: int = field(
-        default=2000, metadata={"help": "validation samples scored at each evaluation (0: the whole split)"}
+        default=2000, metadata={"min": 0, "help": "validation samples scored at each evaluation (0: the whole split)"}
     )
 
     def validate(self) -> None:
@@ -133,7 +142,7 @@ def pretrain(settings: PretrainSettings) -> TrainResult:
     if len(train_data.languages) > 1 and not train_data.parallel:
         sampler = LanguageSampler(train_data.sample_languages, alpha=settings.language_alpha, seed=settings.seed)
         sample_order = sampler.indices
-    if settings.eval_every and evaluate is not None and not settings.best_metric:
+    if evaluate is not None and not settings.best_metric:
         settings.best_metric = "val_loss"
     # The prepared data is its manifest: block size, tokenizer fingerprint and the checksums of every shard.
     record = RunRecord.of("pretrain", settings, {"--data": file_fingerprint(Path(settings.data) / "manifest.json")},
@@ -164,7 +173,7 @@ def build_model(name_or_path: str, tokenizer: Any, block_size: int, seed: int = 
         >>> model = build_model("tiny", Tokenizer.from_pretrained("roberta"), block_size=128)  # doctest: +SKIP
     """
     if Path(name_or_path).is_dir():
-        model = load(name_or_path, task="masked-lm")
+        model = load(name_or_path, task="masked-lm", new_head="init")  # continued pretraining may add one
         config = model.config
         # A vocabulary padded past the tokenizer (resize_token_embeddings(pad_to_multiple_of=...), nanoGPT's 50,304)
         # is common and harmless: its extra rows are never an input. Only ids the model has no row for are wrong.

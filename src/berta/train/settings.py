@@ -27,37 +27,40 @@ class TrainSettings:
         1
     """
 
-    batch_size: int = field(default=16, metadata={"help": "sequences per process per micro-step"})
+    batch_size: int = field(default=16, metadata={"min": 1, "help": "sequences per process per micro-step"})
     grad_accum: int = field(
         default=1,
-        metadata={"help": "micro-steps per optimizer step; global batch = batch-size x grad-accum x processes"},
+        metadata={"min": 1,
+                  "help": "micro-steps per optimizer step; global batch = batch-size x grad-accum x processes"},
     )
-    max_steps: int = field(default=0, metadata={"help": "optimizer steps (0: epochs x steps per epoch)"})
-    epochs: int = field(default=1, metadata={"help": "passes over the data when --max-steps is 0"})
-    lr: float = field(default=6e-4, metadata={"help": "peak learning rate (RoBERTa-base: 6e-4)"})
-    adam_beta1: float = field(default=0.9, metadata={"help": "AdamW beta1 (RoBERTa: 0.9)"})
+    max_steps: int = field(default=0, metadata={"min": 0, "help": "optimizer steps (0: epochs x steps per epoch)"})
+    epochs: int = field(default=1, metadata={"min": 1, "help": "passes over the data when --max-steps is 0"})
+    lr: float = field(default=6e-4, metadata={"above": 0, "help": "peak learning rate (RoBERTa-base: 6e-4)"})
+    adam_beta1: float = field(default=0.9, metadata={"min": 0, "max": 1, "help": "AdamW beta1 (RoBERTa: 0.9)"})
     adam_beta2: float = field(
-        default=0.98, metadata={"help": "AdamW beta2 (RoBERTa: 0.98, for stability at large batch)"}
+        default=0.98, metadata={"min": 0, "max": 1, "help": "AdamW beta2 (RoBERTa: 0.98, for stability at large batch)"}
     )
-    adam_eps: float = field(default=1e-6, metadata={"help": "AdamW epsilon (RoBERTa: 1e-6)"})
+    adam_eps: float = field(default=1e-6, metadata={"above": 0, "help": "AdamW epsilon (RoBERTa: 1e-6)"})
     weight_decay: float = field(
-        default=0.01, metadata={"help": "AdamW weight decay; never applied to biases and LayerNorm weights"}
+        default=0.01, metadata={"min": 0, "help": "AdamW weight decay; never applied to biases and LayerNorm weights"}
     )
     schedule: Literal["linear", "polynomial", "constant"] = field(
         default="linear",
         metadata={"help": "decay after warm-up (RoBERTa: linear, fairseq polynomial_decay with power 1)"},
     )
-    power: float = field(default=1.0, metadata={"help": "exponent of the polynomial decay"})
-    end_lr: float = field(default=0.0, metadata={"help": "learning rate at the last step (polynomial decay)"})
-    warmup_steps: int = field(default=0, metadata={"help": "warm-up steps (0: use --warmup-ratio)"})
+    power: float = field(default=1.0, metadata={"above": 0, "help": "exponent of the polynomial decay"})
+    end_lr: float = field(default=0.0, metadata={"min": 0, "help": "learning rate at the last step (polynomial decay)"})
+    warmup_steps: int = field(default=0, metadata={"min": 0, "help": "warm-up steps (0: use --warmup-ratio)"})
     warmup_ratio: float = field(
-        default=0.06, metadata={"help": "warm-up as a fraction of the steps (RoBERTa: 24k of 500k; GLUE: 6%%)"}
+        default=0.06, metadata={"min": 0, "max": 1,
+                                "help": "warm-up as a fraction of the steps (RoBERTa: 24k of 500k; GLUE: 6%%)"}
     )
     layer_decay: float = field(
         default=1.0,
-        metadata={"help": "layer-wise learning-rate decay: layer l of L gets lr x decay^(L+1-l) (1: off)"},
+        metadata={"above": 0, "max": 1,
+                  "help": "layer-wise learning-rate decay: layer l of L gets lr x decay^(L+1-l) (1: off)"},
     )
-    max_grad_norm: float = field(default=0.0, metadata={"help": "gradient clipping norm (RoBERTa: 0 = none)"})
+    max_grad_norm: float = field(default=0.0, metadata={"min": 0, "help": "gradient clipping norm (RoBERTa: 0 = none)"})
     precision: Literal["auto", "fp32", "bf16", "fp16"] = field(
         default="auto",
         metadata={"help": "autocast precision; auto: bf16 on GPUs that have it, else fp16 on GPU, fp32 on CPU"},
@@ -67,24 +70,27 @@ class TrainSettings:
         default="ddp", metadata={"help": "under torchrun: DDP, or FSDP for models that do not fit one device"}
     )
     device: str = field(default="auto", metadata={"help": "auto (the rank's GPU, else CPU), cpu, cuda, cuda:1..."})
-    num_workers: int = field(default=0, metadata={"help": "data-loading worker processes"})
+    num_workers: int = field(default=0, metadata={"min": 0, "help": "data-loading worker processes"})
     shuffle: bool = field(default=True, metadata={"help": "shuffle the data each epoch (order drawn from seed, epoch)"})
-    seed: int = field(default=1, metadata={"help": "random seed (fairseq default: 1)"})
-    log_every: int = field(default=10, metadata={"help": "steps between metrics.jsonl records"})
-    eval_every: int = field(default=0, metadata={"help": "steps between evaluations (0: only at the end)"})
-    save_every: int = field(default=1000, metadata={"help": "steps between checkpoints (0: only at the end)"})
+    seed: int = field(default=1, metadata={"min": 0, "help": "random seed (fairseq default: 1)"})
+    log_every: int = field(default=10, metadata={"min": 1, "help": "steps between metrics.jsonl records"})
+    eval_every: int = field(default=0, metadata={"min": 0,
+                                                 "help": "steps between evaluations (0: at the end of every epoch)"})
+    save_every: int = field(default=1000, metadata={"min": 0, "help": "steps between checkpoints (0: only at the end)"})
     keep_last: int = field(
         default=2,
-        metadata={"help": "checkpoints kept in OUTPUT/checkpoints: the newest N step-* directories, each enough to "
+        metadata={"min": 0,
+                  "help": "checkpoints kept in OUTPUT/checkpoints: the newest N step-* directories, each enough to "
                           "resume; best/ and model/ are kept besides them (sharing the files of a checkpoint of "
                           "the same step by hard links, not copies)"},
     )
     best_metric: str = field(
         default="", metadata={"help": "evaluation metric that selects the best model, e.g. val_loss (empty: none)"}
     )
-    best_mode: Literal["min", "max"] = field(default="min", metadata={"help": "whether lower or higher is better"})
+    best_mode: Literal["auto", "min", "max"] = field(
+        default="auto", metadata={"help": "whether lower or higher is better (auto: min for losses, else max)"})
     early_stopping: int = field(
-        default=0, metadata={"help": "stop after this many evaluations without improvement (0: never)"}
+        default=0, metadata={"min": 0, "help": "stop after this many evaluations without improvement (0: never)"}
     )
     restore_best: bool = field(
         default=False, metadata={"help": "write the best model (not the last) as OUTPUT/model at the end"}
@@ -95,7 +101,9 @@ class TrainSettings:
                           "existing run aside (OUTPUT.old) and starts over"},
     )
     progress: bool = field(default=True, metadata={"help": "show a progress bar"})
-    tensorboard: bool = field(default=True, metadata={"help": "write OUTPUT/tensorboard if tensorboard is installed"})
+    tensorboard: bool = field(default=True, metadata={
+        "help": "write OUTPUT/tensorboard; needs the tensorboard package (without it: metrics.jsonl only, and no "
+                "warning)"})
     plot: bool = field(default=True, metadata={"help": "draw OUTPUT/curves.png (loss, lr) at the end"})
 
     def validate(self) -> None:
@@ -120,7 +128,7 @@ class TrainSettings:
             raise ValueError(f"precision must be auto, fp32, bf16 or fp16, got {self.precision!r}")
         if self.distributed not in ("ddp", "fsdp"):
             raise ValueError(f"distributed must be ddp or fsdp, got {self.distributed!r}")
-        if self.best_mode not in ("min", "max"):
-            raise ValueError(f"best_mode must be min or max, got {self.best_mode!r}")
+        if self.best_mode not in ("auto", "min", "max"):
+            raise ValueError(f"--best-mode {self.best_mode!r}: expected auto, min or max")
         if (self.early_stopping or self.restore_best) and not self.best_metric:
-            raise ValueError("early_stopping and restore_best need best_metric (e.g. val_loss)")
+            raise ValueError("--early-stopping and --restore-best need --best-metric (e.g. val_loss)")

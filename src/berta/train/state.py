@@ -75,6 +75,7 @@ class RunState:
     # step (best/, a checkpoint, model/) links to its files instead of writing the same bytes again.
     last_model: tuple[int, Path] | None = None
     saved_step: int | None = None  # the step of the last checkpoint written
+    steps_per_epoch: int = 1  # optimizer steps in one pass over the data (`--eval-every 0` evaluates after each)
 
     @property
     def settings(self) -> TrainSettings:

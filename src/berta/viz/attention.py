@@ -348,33 +348,36 @@ class AttentionSettings:
 
     text: str = field(metadata={"positional": True, "help": "the text whose attention is drawn"})
     model: str = field(metadata={"help": "model directory with its tokenizer"})
-    out: Path = field(metadata={"help": "FILE.png (heatmaps) or FILE.html (interactive viewer, works offline)"})
+    output: Path = field(metadata={"aliases": ("--out",),
+                                   "help": "FILE.png (heatmaps) or FILE.html (interactive viewer, works offline)"})
     pair: str | None = field(default=None, metadata={"help": "second text of a sentence pair"})
-    layer: int | None = field(default=None, metadata={
+    layer: int | None = field(default=None, metadata={"min": 0,
         "help": "layer to draw, from 0 (PNG default: all; HTML: the layer the page opens on, default 0)"})
-    head: int | None = field(default=None, metadata={
+    head: int | None = field(default=None, metadata={"min": 0,
         "help": "head to draw, from 0 (PNG default: all; HTML: the head the page opens on, default all)"})
     merge_subwords: bool = field(default=False, metadata={
         "help": "merge sub-word pieces into words (keys summed, queries averaged)"})
-    device: str = field(default="cpu", metadata={"help": "cpu, cuda, cuda:1, ..."})
+    device: str = field(default="auto", metadata={"help": "auto (GPU when there is one), cpu, cuda, cuda:1, ..."})
 
 
 def attention(settings: AttentionSettings) -> Path:
     """Draw a model's attention for a text: PNG heatmaps or a self-contained HTML viewer.
 
     Example:
-        >>> attention(AttentionSettings(text="The bank is closed.", model="runs/sst/model", out=Path("a.html")))
+        >>> attention(AttentionSettings(text="The bank is closed.", model="runs/sst/model", output=Path("a.html")))
         ... # doctest: +SKIP
     """
     from berta.checkpoints.hf import load
     from berta.io import atomic_write_bytes, atomic_write_text
     from berta.tokenizer import Tokenizer
 
-    out = Path(settings.out)
+    out = Path(settings.output)
     kind = out.suffix.lower()
     if kind not in (".png", ".html", ".htm"):
         raise ValueError(f"--out {out}: the suffix must be .png or .html, got {out.suffix!r}")
-    model = load(settings.model, device=settings.device)
+    from berta.device import resolve_device
+
+    model = load(settings.model, device=resolve_device(settings.device))
     tokenizer = Tokenizer.from_pretrained(settings.model)
     maps = attention_maps(model, tokenizer, settings.text, settings.pair, settings.merge_subwords)
     _check_selection(maps, settings.layer, settings.head)

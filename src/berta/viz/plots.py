@@ -70,7 +70,7 @@ def plot_confusion_matrix(predictions: list[str], labels: list[str], order: list
     plt = _pyplot("confusion matrix")
     if plt is None:
         return None
-    order, matrix = confusion_matrix(predictions, labels, label_order=order)
+    order, matrix = confusion_matrix(predictions=predictions, references=labels, label_order=order)
     size = max(4.0, 0.5 * len(order) + 2)
     figure, axis = plt.subplots(figsize=(size, size))
     axis.imshow(matrix, cmap="Blues")
