@@ -26,6 +26,7 @@ from __future__ import annotations
 import dataclasses
 import typing
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
 import numpy as np
@@ -113,6 +114,9 @@ class Task:
     def main_metric(self) -> str:
         """The validation metric (without `val_`) that selects the best model."""
         raise NotImplementedError
+
+    def draw(self, examples: Sequence[Any], predictions: Sequence[dict], directory: Path, suffix: str = "") -> None:
+        """Figures of an evaluation, written into `directory` beside `predictions{suffix}.jsonl` (none by default)."""
 
     def configure_model(self, model: nn.Module) -> None:
         """Settings the model takes from the task before training (the classification loss's problem type)."""

@@ -266,6 +266,16 @@ class ClassificationTask(Task):
         return metrics.classification(predictions=[p["label"] for p in predictions],
                                       references=[e.label for e in examples], average=self.average)
 
+    def draw(self, examples: Sequence[TextExample], predictions: Sequence[dict], directory: Path,
+             suffix: str = "") -> None:
+        """`confusion_matrix{suffix}.png` for single-label classification (rows: true label, columns: prediction)."""
+        # Imported here: `berta.viz` (the attention viewer) loads checkpoints, which load the task registry.
+        from berta.viz.plots import plot_confusion_matrix
+
+        if self.problem_type == SINGLE_LABEL:
+            plot_confusion_matrix([p["label"] for p in predictions], [e.label for e in examples],
+                                  list(self.id2label.values()), Path(directory) / f"confusion_matrix{suffix}.png")
+
     def records(self, examples: Sequence[TextExample], predictions: Sequence[dict]) -> list[dict[str, Any]]:
         """One JSON-ready row per example: where it came from, its text(s), gold label and prediction."""
         rows = []

@@ -43,7 +43,6 @@ from berta.train.logs import configure_logging
 from berta.train.loop import train
 from berta.train.resume import RunRecord, file_fingerprint
 from berta.train.settings import MAY_CHANGE_ON_RESUME, TrainSettings
-from berta.viz.plots import plot_confusion_matrix
 
 log = logging.getLogger(__name__)
 
@@ -307,11 +306,7 @@ def write_report(task: Any, model: nn.Module, examples: list, output: Path, batc
         }
     io.atomic_write_text(output / f"predictions{suffix}.jsonl", "".join(
         json.dumps(row, ensure_ascii=False) + "\n" for row in task.records(examples, predictions)))
-    if task.name == "classification" and task.problem_type == "single_label_classification":
-        plot_confusion_matrix(
-            [p["label"] for p in predictions], [e.label for e in examples], list(task.id2label.values()),
-            output / f"confusion_matrix{suffix}.png",
-        )
+    task.draw(examples, predictions, output, suffix)
     if write_results:
         io.atomic_write_json(output / "eval_results.json", result)
     return result
