@@ -654,8 +654,16 @@ class Server:
             yield
             self.batcher.stop()
 
-        app = FastAPI(title="berta", version=_version(), lifespan=lifespan,
+        # FastAPI's own /docs page loads Swagger UI from a CDN and is blank offline; berta's is one HTML page
+        # made from the same OpenAPI document, with nothing to fetch.
+        app = FastAPI(title="berta", version=_version(), lifespan=lifespan, docs_url=None, redoc_url=None,
                       description=f"{self.model_id}: a {self.pipe.task} model. " + __doc__.split("\n\n")[2])
+
+        @app.get("/docs", include_in_schema=False)
+        async def docs() -> Any:
+            from fastapi.responses import HTMLResponse
+
+            return HTMLResponse(openapi_page(app.openapi()))
 
         def error(status: int, message: str, error_type: str) -> Any:
             return JSONResponse({"error": message, "error_type": error_type}, status_code=status)
@@ -773,6 +781,32 @@ class Server:
 
         attention.__annotations__["request"] = Request
         app.add_api_route("/attention", attention, methods=["GET", "POST"], summary="Attention view (HTML)")
+
+
+def openapi_page(spec: dict[str, Any]) -> str:
+    """A self-contained HTML page of an OpenAPI document: every route with its summary and JSON schemas.
+
+    Example:
+        >>> "POST /embed" in openapi_page({"info": {"title": "t"}, "paths": {"/embed": {"post": {"summary": "s"}}}})
+        True
+    """
+    from html import escape
+
+    info = spec.get("info", {})
+    parts = [f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>{escape(info.get('title', 'API'))}"
+             "</title><style>body{font:15px/1.45 system-ui,sans-serif;max-width:60em;margin:2em auto;padding:0 1em}"
+             "pre{background:#f4f4f4;padding:.6em;overflow:auto}h2{margin-top:1.6em}</style></head><body>",
+             f"<h1>{escape(info.get('title', 'API'))} {escape(str(info.get('version', '')))}</h1>",
+             f"<p>{escape(info.get('description', ''))}</p><p><a href='/openapi.json'>openapi.json</a></p>"]
+    for path, methods in spec.get("paths", {}).items():
+        for method, operation in methods.items():
+            summary = escape(operation.get("summary", ""))
+            parts.append(f"<h2>{escape(method.upper())} {escape(path)}</h2><p>{summary}</p>")
+            body = operation.get("requestBody", {}).get("content", {}).get("application/json", {}).get("schema")
+            if body:
+                parts.append(f"<p>request body:</p><pre>{escape(json.dumps(body, indent=2))}</pre>")
+    parts.append("</body></html>")
+    return "\n".join(parts)
 
 
 _ATTENTION_FORM = """<!doctype html>
