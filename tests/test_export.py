@@ -157,7 +157,7 @@ def test_export_job_int8_and_sentence_transformers_files(tmp_path: Path, capsys:
 
 
 def test_command_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    source = model_directory(tmp_path, "bert", "tokens")
+    source = model_directory(tmp_path, "bert", "classification")  # BERT classifiers hold the encoder's pooler
     main(["export", "onnx", str(source), str(tmp_path / "onnx"), "--quantize", "int8", "--task", "encoder"])
     assert "int8" in capsys.readouterr().out
     served = OnnxModel(tmp_path / "onnx")

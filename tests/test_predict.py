@@ -49,7 +49,7 @@ def test_txt_input_in_order_equal_to_the_pipeline_with_a_progress_bar(classifier
         assert [x["label"] for x in record["labels"]] == [x["label"] for x in labels]
         assert [x["score"] for x in record["labels"]] == pytest.approx([x["score"] for x in labels], abs=1e-6)
     printed = capsys.readouterr().err
-    assert "inputs/s" in printed and "70/70" in printed  # tqdm's bar, in inputs per second
+    assert "predict: 70/70 inputs" in printed and "inputs/s, ETA 0 s" in printed  # plain lines: not a terminal
 
 
 def test_jsonl_malformed_lines_stop_the_run_or_are_skipped(classifier, tmp_path, capsys):

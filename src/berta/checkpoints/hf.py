@@ -22,7 +22,7 @@ from torch import Tensor, nn
 
 from berta import io, tasks
 from berta.config import EncoderConfig
-from berta.model import register_checkpoint_writer
+from berta.model import Encoder, init_weights, register_checkpoint_writer
 from berta.tasks.masked_lm import MaskedLMTask
 
 log = logging.getLogger(__name__)
@@ -219,6 +219,10 @@ def load(
         >>> tasks.create(EncoderConfig.preset("tiny"), "masked-lm").save(directory)
         >>> type(load(directory)).__name__, type(load(directory, task="encoder")).__name__
         ('MaskedLM', 'Encoder')
+        >>> load(directory, task="qa")
+        Traceback (most recent call last):
+        ...
+        ValueError: ...: a RobertaForMaskedLM checkpoint has no trained qa head (...); ... trains one
     """
     directory = model_directory(path)
     config = EncoderConfig.from_file(directory / CONFIG_NAME)
@@ -235,7 +239,12 @@ def load(
             raise ValueError(_missing_head(directory, architectures, config, task, "and no labels"))
         raise ValueError(f"{directory}: the checkpoint has no labels; pass id2label to put a {task} head on it")
     tensors = read_weights(directory)
-    model = tasks.create(config, task)
+    if task == "encoder" and not any(name.endswith("pooler.dense.weight") for name in tensors):
+        # The encoder of a checkpoint without BERT's pooler (RoBERTa's MLM, a token classifier) has no pooler
+        # either, rather than a random one: `pooler_output` is None, the hidden states are the checkpoint's.
+        model = init_weights(Encoder(config, add_pooler=False), config)
+    else:
+        model = tasks.create(config, task)
     report = load_state(model, tensors, str(directory))
     if report.initialised and new_head != "init":
         raise ValueError(_missing_head(directory, architectures, config, task, f"({', '.join(report.initialised)})"))

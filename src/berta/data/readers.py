@@ -145,9 +145,12 @@ def read_table(
     naming file and line; with `skip_empty=True` such rows are skipped and counted in one warning.
 
     Example:
-        >>> examples = read_table("train.csv", text_column="review", label_column="sentiment")
-        >>> examples[0].text, examples[0].label, examples[0].line
-        ('A gripping film.', 'fresh', 2)
+        >>> import tempfile, pathlib
+        >>> train = pathlib.Path(tempfile.mkdtemp()) / "train.csv"
+        >>> _ = train.write_text('review,sentiment\\n"A gripping,\\nfilm.",fresh\\nDull.,rotten\\n')
+        >>> examples = read_table(train, text_column="review", label_column="sentiment")
+        >>> examples[0].text, examples[0].label, examples[1].line  # a quoted field may span lines
+        ('A gripping,\\nfilm.', 'fresh', 4)
     """
     path = Path(path)
     io.check_file(path)
@@ -202,9 +205,12 @@ def read_conll(path: str | Path, token_column: int = 0, tag_column: int | None =
     Every token line must have as many fields as the first one.
 
     Example:
-        >>> sentences = read_conll("train.conll")  # "EU NNP B-NP B-ORG" lines, as CoNLL-2003
-        >>> sentences[0].tokens[:2], sentences[0].tags[:2]
-        (['EU', 'rejects'], ['B-ORG', 'O'])
+        >>> import tempfile, pathlib
+        >>> train = pathlib.Path(tempfile.mkdtemp()) / "train.conll"  # "EU NNP B-NP B-ORG" lines, as CoNLL-2003
+        >>> _ = train.write_text("-DOCSTART- -X- -X- O\\n\\nEU NNP B-NP B-ORG\\nrejects VBZ B-VP O\\n")
+        >>> sentences = read_conll(train)
+        >>> sentences[0].tokens, sentences[0].tags, sentences[0].line
+        (['EU', 'rejects'], ['B-ORG', 'O'], 3)
     """
     path = Path(path)
     sentences: list[Sentence] = []
@@ -290,9 +296,14 @@ def read_squad(path: str | Path, strict: bool = False, encoding: str = "utf-8") 
     missing or mistyped field raises.
 
     Example:
-        >>> examples = read_squad("dev-v2.0.json")
+        >>> import json, tempfile, pathlib
+        >>> dev = pathlib.Path(tempfile.mkdtemp()) / "dev-v2.0.json"
+        >>> paragraph = {"context": "Normandy is a region in France.", "qas": [{"id": "q1", "question": "Where is "
+        ...     "Normandy?", "answers": [{"text": "France", "answer_start": 24}], "is_impossible": False}]}
+        >>> _ = dev.write_text(json.dumps({"data": [{"title": "Normandy", "paragraphs": [paragraph]}]}))
+        >>> examples = read_squad(dev)
         >>> examples[0].question, examples[0].answers, examples[0].is_impossible
-        ('In what country is Normandy located?', [('France', 159), ...], False)
+        ('Where is Normandy?', [('France', 24)], False)
     """
     path = Path(path)
     document = io.read_json(path, encoding)

@@ -222,10 +222,11 @@ def _write_records(pipe: Pipeline, method: str, records: list[Record], settings:
                    progress: bool) -> None:
     chunk = settings.batch_size * 16  # results stream out chunk by chunk; each chunk is length-sorted inside
     bar = None
-    if progress and sys.stderr.isatty():  # tqdm only on a terminal
+    if progress and sys.stderr.isatty():  # tqdm only on a terminal; plain lines every 10 s when redirected
         from tqdm import tqdm
 
         bar = tqdm(total=len(records), unit="inputs", desc="predict", dynamic_ncols=True)
+    started = last_line = time.monotonic()
     for start in range(0, len(records), chunk):
         part = records[start : start + chunk]
         for record, result in zip(part, run_method(pipe, method, part, settings), strict=True):
@@ -233,6 +234,11 @@ def _write_records(pipe: Pipeline, method: str, records: list[Record], settings:
                                     ensure_ascii=False) + "\n")
         if bar is not None:
             bar.update(len(part))
+        elif progress and (time.monotonic() - last_line >= 10 or start + chunk >= len(records)):
+            last_line, done = time.monotonic(), min(start + chunk, len(records))
+            speed = done / max(last_line - started, 1e-9)
+            print(f"predict: {done}/{len(records)} inputs, {speed:.1f} inputs/s, ETA "
+                  f"{(len(records) - done) / speed:.0f} s", file=sys.stderr, flush=True)
     if bar is not None:
         bar.close()
 
