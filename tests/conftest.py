@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
+import io
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -56,3 +57,21 @@ def one_thread_per_module() -> Iterator[None]:
     """One intra-op thread for a whole test file (`pytestmark = pytest.mark.usefixtures(...)`); restored after."""
     with torch_threads(1):
         yield
+
+
+SENTENCEPIECE_TEXT = [
+    "the quick brown fox jumps over the lazy dog", "le renard brun saute par-dessus le chien paresseux",
+    "der schnelle braune Fuchs springt über den faulen Hund", "быстрая бурая лиса прыгает",
+] * 50
+
+
+def train_sentencepiece(directory: Path, vocab_size: int = 60) -> Path:
+    """A tiny unigram SentencePiece model (XLM-R's tokenizer type) trained here: `directory/sentencepiece.bpe.model`."""
+    import sentencepiece
+
+    model = io.BytesIO()
+    sentencepiece.SentencePieceTrainer.train(sentence_iterator=iter(SENTENCEPIECE_TEXT), model_writer=model,
+                                             vocab_size=vocab_size, model_type="unigram", minloglevel=2, num_threads=1)
+    path = Path(directory) / "sentencepiece.bpe.model"
+    path.write_bytes(model.getvalue())
+    return path

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 import transformers
-from conftest import minilm_directory
+from conftest import minilm_directory, train_sentencepiece
 
 import berta
 from berta import cli
@@ -44,15 +44,8 @@ def reference():
 @pytest.fixture(scope="module")
 def sentencepiece_tokenizer(tmp_path_factory):
     """A tiny unigram SentencePiece model (XLM-R's tokenizer type) and its file."""
-    import sentencepiece
-
-    text = ["the quick brown fox jumps over the lazy dog", "le renard brun saute par-dessus le chien paresseux",
-            "der schnelle braune Fuchs springt über den faulen Hund", "быстрая бурая лиса прыгает"] * 50
-    model = io.BytesIO()
-    sentencepiece.SentencePieceTrainer.train(sentence_iterator=iter(text), model_writer=model, vocab_size=60,
-                                             model_type="unigram", minloglevel=2, num_threads=1)
     directory = tmp_path_factory.mktemp("spm")
-    (directory / "sentencepiece.bpe.model").write_bytes(model.getvalue())
+    train_sentencepiece(directory)
     return Tokenizer.from_pretrained(directory), directory / "sentencepiece.bpe.model"
 
 

@@ -6,7 +6,6 @@ on ids. The restricted unpickler is shown to refuse, and not run, a payload."""
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import os
 import pickle
@@ -20,6 +19,7 @@ from pathlib import Path
 import pytest
 import torch
 import transformers
+from conftest import train_sentencepiece
 from safetensors.torch import load_file
 
 import berta
@@ -202,12 +202,7 @@ def test_berta_to_fairseq_to_berta_keeps_every_tensor(converted, naming, tmp_pat
 def xlmr_release(tmp_path_factory):
     sentencepiece = pytest.importorskip("sentencepiece")
     directory = tmp_path_factory.mktemp("xlmr")
-    text = ["the quick brown fox jumps over the lazy dog", "le renard brun saute par-dessus le chien paresseux",
-            "der schnelle braune Fuchs springt über den faulen Hund", "быстрая бурая лиса прыгает"] * 50
-    model = io.BytesIO()
-    sentencepiece.SentencePieceTrainer.train(sentence_iterator=iter(text), model_writer=model, vocab_size=60,
-                                             model_type="unigram", minloglevel=2, num_threads=1)
-    (directory / "sentencepiece.bpe.model").write_bytes(model.getvalue())
+    train_sentencepiece(directory)
     processor = sentencepiece.SentencePieceProcessor(model_file=str(directory / "sentencepiece.bpe.model"))
     pieces = [processor.id_to_piece(i) for i in range(3, processor.get_piece_size())]
     random.Random(1).shuffle(pieces)

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import train_sentencepiece
 from safetensors.torch import load_file
 
 import berta
@@ -59,17 +60,10 @@ def roberta_directory(roberta, tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def xlmr_directory(tmp_path_factory) -> Path:
     """A random tiny XLM-R masked LM over a SentencePiece model trained here (fairseq's ids: pieces + 1)."""
-    import io
 
-    import sentencepiece
 
-    text = ["the quick brown fox jumps over the lazy dog", "le renard brun saute par-dessus le chien paresseux",
-            "der schnelle braune Fuchs springt über den faulen Hund", "быстрая бурая лиса прыгает"] * 50
-    model = io.BytesIO()
-    sentencepiece.SentencePieceTrainer.train(sentence_iterator=iter(text), model_writer=model, vocab_size=60,
-                                             model_type="unigram", minloglevel=2, num_threads=1)
     directory = tmp_path_factory.mktemp("xlmr")
-    (directory / "sentencepiece.bpe.model").write_bytes(model.getvalue())
+    train_sentencepiece(directory)
     tokenizer = berta.Tokenizer.from_pretrained(directory)
     config = berta.EncoderConfig.preset("tiny").replace(family="xlm-roberta", vocab_size=len(tokenizer),
                                                         hidden_size=32, intermediate_size=64, max_positions=34)

@@ -172,7 +172,8 @@ def test_a_padded_vocabulary_pretrains(corpus, tmp_path: Path) -> None:
     padded.save(tmp_path / "padded")
     run = tmp_path / "run"
     cli.main(["pretrain", "--data", str(data), "--model", str(tmp_path / "padded"), "--output", str(run),
-              "--max-steps", "2", "--batch-size", "4", "--log-every", "1", "--no-progress", "--no-plot", "--no-tensorboard"])
+              "--max-steps", "2", "--batch-size", "4", "--log-every", "1", "--no-progress", "--no-plot",
+              "--no-tensorboard"])
     assert [r["step"] for r in records(run)] == [1, 2]
     assert berta.load(run / "model").config.vocab_size == 50265
     with pytest.raises(ValueError, match=r"outside the vocabulary \(vocab_size 50265\)"):

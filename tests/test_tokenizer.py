@@ -7,12 +7,12 @@ the same files. Multilingual parity on real text is in test_tokenizer_parity.py.
 from __future__ import annotations
 
 import importlib.util
-import io
 import json
 import random
 from pathlib import Path
 
 import pytest
+from conftest import train_sentencepiece
 
 from berta.tokenizer import Tokenizer
 
@@ -188,14 +188,8 @@ def test_fairseq_dict_that_does_not_match_is_refused(tmp_path):
 
 @pytest.fixture(scope="module")
 def tiny_sentencepiece(tmp_path_factory) -> Path:
-    sentencepiece = pytest.importorskip("sentencepiece")
-    text = ["the quick brown fox jumps over the lazy dog", "le renard brun saute par-dessus le chien paresseux",
-            "der schnelle braune Fuchs springt über den faulen Hund", "быстрая бурая лиса прыгает"] * 50
-    model = io.BytesIO()
-    sentencepiece.SentencePieceTrainer.train(sentence_iterator=iter(text), model_writer=model, vocab_size=60,
-                                             model_type="unigram", minloglevel=2, num_threads=1)
     directory = tmp_path_factory.mktemp("spm")
-    (directory / "sentencepiece.bpe.model").write_bytes(model.getvalue())
+    train_sentencepiece(directory)
     return directory
 
 

@@ -25,9 +25,9 @@ from __future__ import annotations
 import logging
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -583,6 +583,21 @@ class Pipeline:
                     results[indices[j]] = {"choice": candidates[indices[j]][best], "index": best,
                                            "scores": [float(s) for s in scores]}
         return results
+
+
+@dataclass(kw_only=True)
+class RuntimeOptions:
+    """Where and how a model runs: the options `berta predict` and `berta serve` share."""
+
+    device: str = field(default="auto", metadata={"help": "auto, cpu, cuda, cuda:1, ..."})
+    dtype: str | None = field(default=None, metadata={"help": "bfloat16 or float16 weights (default: as saved)"})
+    quantize: Literal["int8"] | None = field(
+        default=None, metadata={"help": "int8: the encoder layers in int8 (per-channel weights, per-token activations)"}
+    )
+    backend: Literal["auto", "torch", "onnx"] = field(
+        default="auto", metadata={"help": "onnx runs an exported graph (berta export onnx); auto: onnx for such a "
+                                          "directory"}
+    )
 
 
 def task_methods() -> dict[str, tuple[str, ...]]:

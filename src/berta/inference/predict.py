@@ -23,12 +23,12 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, TextIO
+from typing import Any, TextIO
 
 import numpy as np
 
 from berta import io
-from berta.inference.pipeline import Pipeline, pipeline
+from berta.inference.pipeline import Pipeline, RuntimeOptions, pipeline
 
 FORMATS = ("txt", "jsonl", "csv", "tsv")
 METHODS = ("embed", "classify", "tag", "answer", "fill-mask", "choose")
@@ -40,7 +40,7 @@ _OUTPUT_FIELD = {"embed": "embedding", "classify": "labels", "tag": "entities", 
 
 
 @dataclass
-class PredictSettings:
+class PredictSettings(RuntimeOptions):
     """Settings of `berta predict`."""
 
     model: str = field(metadata={"help": "model directory (config.json, weights and tokenizer)"})
@@ -56,15 +56,6 @@ class PredictSettings:
     context_column: str = field(default="context", metadata={"help": "CSV/TSV column of the context"})
     limit: int | None = field(default=None, metadata={"min": 1, "help": "predict only the first N inputs"})
     batch_size: int = field(default=32, metadata={"min": 1, "help": "inputs per model call"})
-    dtype: str | None = field(default=None, metadata={"help": "bfloat16 or float16 weights (default: as saved)"})
-    quantize: Literal["int8"] | None = field(
-        default=None, metadata={"help": "int8: the encoder layers in int8 (per-channel weights, per-token activations)"}
-    )
-    backend: Literal["auto", "torch", "onnx"] = field(
-        default="auto", metadata={"help": "onnx runs an exported graph (berta export onnx); auto: onnx for such a "
-                                          "directory"}
-    )
-    device: str = field(default="auto", metadata={"help": "auto, cpu, cuda, cuda:1, ..."})
     skip_errors: bool = field(default=False, metadata={"help": "count and skip malformed lines instead of stopping"})
     progress: bool = field(default=True, metadata={"help": "show a progress bar on larger inputs"})
     top_k: int = field(default=1, metadata={"min": 1, "help": "classify / answer / fill-mask: results per input"})

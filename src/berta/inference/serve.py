@@ -33,10 +33,12 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
+
+from berta.inference.pipeline import RuntimeOptions
 
 log = logging.getLogger(__name__)
 
@@ -48,21 +50,12 @@ _TOKEN_BUCKETS = (16, 64, 256, 1024, 2048, 4096, 8192, 16384, 32768, 65536)
 
 
 @dataclass
-class ServeSettings:
+class ServeSettings(RuntimeOptions):
     """Settings of `berta serve`."""
 
     model: str = field(metadata={"help": "model directory (config.json, weights and tokenizer)"})
     host: str = field(default="127.0.0.1", metadata={"help": "address to listen on (0.0.0.0: every interface)"})
     port: int = field(default=8000, metadata={"min": 0, "max": 65535, "help": "TCP port"})
-    device: str = field(default="auto", metadata={"help": "auto, cpu, cuda, cuda:1, ..."})
-    dtype: str | None = field(default=None, metadata={"help": "bfloat16 or float16 weights (default: as saved)"})
-    quantize: Literal["int8"] | None = field(
-        default=None, metadata={"help": "int8: the encoder layers in int8 (per-channel weights, per-token activations)"}
-    )
-    backend: Literal["auto", "torch", "onnx"] = field(
-        default="auto", metadata={"help": "onnx runs an exported graph (berta export onnx); auto: onnx for such a "
-                                          "directory"}
-    )
     max_batch_tokens: int = field(default=16384, metadata={"min": 1, "help": "most tokens in one model batch"})
     max_batch_size: int = field(default=64, metadata={"min": 1, "help": "most inputs in one model batch"})
     max_wait_ms: float = field(default=2.0, metadata={"min": 0,
