@@ -137,3 +137,16 @@ def test_torchrun_two_gloo_processes_equal_one(classifier, tmp_path):
         assert [x["label"] for x in a["labels"]] == [x["label"] for x in b["labels"]]
         assert [x["score"] for x in a["labels"]] == pytest.approx([x["score"] for x in b["labels"]], abs=1e-6)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["inputs.txt", "one.jsonl", "two.jsonl"]  # parts removed
+
+
+def test_encoding_reads_latin1_input_and_utf8_is_the_default(classifier, tmp_path):
+    source = tmp_path / "latin1.txt"
+    source.write_bytes("café crème\nnaïve\n".encode("latin-1"))
+    output = tmp_path / "out.jsonl"
+    command = ["predict", "--model", str(classifier), "--input", str(source), "--output", str(output)]
+    with pytest.raises(SystemExit, match=r"latin1\.txt line 1: not valid utf-8 text .*pass --encoding"):
+        cli.main(command)
+    cli.main([*command, "--encoding", "latin-1"])
+    expected = berta.pipeline(classifier).classify(["café crème", "naïve"])
+    assert [r["labels"][0]["score"] for r in read(output)] == pytest.approx([e[0]["score"] for e in expected],
+                                                                           abs=1e-6)

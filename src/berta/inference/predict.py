@@ -56,6 +56,7 @@ class PredictSettings(RuntimeOptions):
     context_column: str = field(default="context", metadata={"help": "CSV/TSV column of the context"})
     limit: int | None = field(default=None, metadata={"min": 1, "help": "predict only the first N inputs"})
     batch_size: int = field(default=32, metadata={"min": 1, "help": "inputs per model call"})
+    encoding: str = field(default="utf-8", metadata={"help": "text encoding of --input (stdin: the terminal's)"})
     skip_errors: bool = field(default=False, metadata={"help": "count and skip malformed lines instead of stopping"})
     progress: bool = field(default=True, metadata={"help": "show a progress bar on larger inputs"})
     top_k: int = field(default=1, metadata={"min": 1, "help": "classify / answer / fill-mask: results per input"})
@@ -89,7 +90,7 @@ def _lines(settings: PredictSettings) -> Iterator[tuple[int, str]]:
         yield from enumerate(sys.stdin, start=1)
     else:
         io.check_file(settings.input, "--input")
-        yield from io.lines(settings.input)
+        yield from io.lines(settings.input, settings.encoding)
 
 
 def _raw_records(settings: PredictSettings, kind: str, required: Sequence[str]) -> Iterator[tuple[int, Any]]:
