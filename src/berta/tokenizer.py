@@ -735,7 +735,11 @@ def _from_wordpiece(path: Path, config: dict[str, Any]) -> Tokenizer:
     return _finish(backend, "bert", config)
 
 
-def _read_fairseq_dict(path: Path) -> list[str]:
+def read_fairseq_dict(path: Path) -> list[str]:
+    """The symbols of a fairseq `dict.txt`, in order (the tokenizer's ids and the fairseq converter's rows).
+
+    Example: `read_fairseq_dict(Path("roberta.base/dict.txt"))[:3]` (RoBERTa's: GPT-2 ids, most frequent first).
+    """
     symbols = []
     for number, line in enumerate(_read_lines(path), start=1):
         if not line.strip():
@@ -764,7 +768,7 @@ def _from_byte_level_bpe(vocab_path: Path, merges_path: Path, dict_path: Path | 
     # fairseq's encoder.json is GPT-2's numbering; dict.txt maps it to the model's. A vocab.json that already
     # holds <s>/<pad> (the Hugging Face roberta layout) is the model's numbering itself.
     if dict_path is not None and "<pad>" not in vocab:
-        symbols = _read_fairseq_dict(dict_path)
+        symbols = read_fairseq_dict(dict_path)
         vocab = _renumber_by_fairseq_dict(vocab, merges, symbols, dict_path, vocab_path)
     elif fairseq_layout:
         # No dict.txt: keep GPT-2's order (a dict.txt listing ids 0, 1, 2, ...), so ids are GPT-2's + 4.
@@ -825,7 +829,7 @@ def _from_sentencepiece(path: Path, dict_path: Path | None, config: dict[str, An
     else:
         scores = dict(pieces[3:])
         ordered = []
-        for number, symbol in enumerate(_read_fairseq_dict(dict_path), start=1):
+        for number, symbol in enumerate(read_fairseq_dict(dict_path), start=1):
             if symbol not in scores:
                 raise ValueError(f"{dict_path}:{number}: {symbol!r} is not a piece of {path.name}: "
                                  "dict.txt does not match the SentencePiece model")

@@ -54,7 +54,8 @@ from torch import Tensor
 from berta.checkpoints.hf import architecture_name
 from berta.checkpoints.reference import ReferenceLayer, ReferenceWeights
 from berta.config import EncoderConfig
-from berta.io import atomic_write_text, check_file, lines, read_json
+from berta.io import atomic_write_text, check_file, read_json
+from berta.tokenizer import Tokenizer, read_fairseq_dict
 
 log = logging.getLogger(__name__)
 
@@ -457,15 +458,7 @@ def read_dict(path: Path) -> list[str]:
 
     Example: `read_dict(Path("roberta.base/dict.txt"))[:3]` (RoBERTa's: GPT-2 ids as text, most frequent first).
     """
-    symbols = []
-    for number, line in lines(check_file(path, "dict.txt")):
-        if not line.strip():
-            continue
-        fields = line.rstrip().split(" ")
-        if len(fields) < 2 or not fields[1].lstrip("-").isdigit():
-            raise ValueError(f"{path}:{number}: expected '<symbol> <count>', got {line!r}")
-        symbols.append(fields[0])
-    return symbols
+    return read_fairseq_dict(check_file(path, "dict.txt"))
 
 
 def read(directory: str | Path) -> FairseqCheckpoint:
@@ -692,7 +685,6 @@ def tokenizer_of(checkpoint: FairseqCheckpoint):
 
     Example: `tokenizer_of(read("roberta.base")).encode("Hello world!").ids`.
     """
-    from berta.tokenizer import Tokenizer
 
     directory = checkpoint.directory
     if checkpoint.family == "xlm-roberta":
