@@ -77,6 +77,7 @@ def test_keras_equals_pytorch(keras_module, tmp_path, family, task):
 def test_keras_model_trains_with_fit(keras_module, tmp_path):
     import keras
 
+    keras.utils.set_random_seed(0)  # dropout masks and Adam: the same run on every machine
     _, directory = random_directory(tmp_path, "roberta", "classification", seed=3)
     model = keras_module.load(directory)
     features = batch(model.berta_config, "right", seed=1)
@@ -85,5 +86,8 @@ def test_keras_model_trains_with_fit(keras_module, tmp_path):
     model.compile(optimizer=keras.optimizers.Adam(3e-3),
                   loss={"logits": keras.losses.SparseCategoricalCrossentropy(from_logits=True)},
                   run_eagerly=True)  # no graph tracing: seconds less on a CPU
-    history = model.fit(x, y, epochs=5, batch_size=3, verbose=0).history["loss"]
-    assert history[-1] < 0.8 * history[0]
+    before = model.evaluate(x, y, batch_size=3, verbose=0)  # inference mode: no dropout noise in the comparison
+    model.fit(x, y, epochs=10, batch_size=3, verbose=0)
+    after = model.evaluate(x, y, batch_size=3, verbose=0)
+    before, after = (value[0] if isinstance(value, list) else value for value in (before, after))
+    assert after < 0.5 * before, (before, after)
