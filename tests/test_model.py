@@ -144,6 +144,44 @@ def test_minilm_padded_and_padding_free_paths_agree():
         assert (a - b).abs().max() < TOLERANCE
 
 
+def test_minilm_attention_by_length_groups_equals_one_grid():
+    """Rows of very different lengths, left- and right-padded, a row with a hole and an empty row: the grouped
+    attention of the packed path (no attention maps asked) gives the padded computation's outputs."""
+    model = berta.load(minilm_directory(), task="encoder").eval()
+    generator = torch.Generator().manual_seed(0)
+    lengths = [3, 40, 38, 7, 21, 22, 40, 1, 0, 12]
+    input_ids = torch.zeros(len(lengths), 40, dtype=torch.long)
+    attention_mask = torch.zeros_like(input_ids)
+    for row, length in enumerate(lengths):
+        span = slice(40 - length, 40) if row % 3 == 1 else slice(0, length)
+        input_ids[row, span] = torch.randint(1000, 20000, (length,), generator=generator)
+        attention_mask[row, span] = 1
+    attention_mask[4, 5] = 0  # a hole inside a row
+    with torch.inference_mode():
+        layout = berta.model.TokenLayout(attention_mask.bool(), packed=True, grouped=True)
+        assert layout.groups is not None and len(layout.groups.groups) > 1  # the cut happened
+        grouped = model(input_ids, attention_mask)
+        model.padding_free = False
+        padded = model(input_ids, attention_mask)
+    real = attention_mask.bool()
+    assert (grouped.last_hidden_state - padded.last_hidden_state)[real].abs().max() < TOLERANCE
+    assert (grouped.last_hidden_state[~real] == 0).all()
+    assert (grouped.pooler_output[:8] - padded.pooler_output[:8]).abs().max() < TOLERANCE
+
+
+def test_length_groups_cover_every_row_once():
+    from berta.model import length_groups
+
+    lengths = sorted(torch.randint(1, 128, (200,), generator=torch.Generator().manual_seed(1)).tolist(), reverse=True)
+    for cost in (0, 32, 96, 10**6):
+        groups = length_groups(lengths, cost)
+        assert groups[0][0] == 0 and groups[-1][1] == len(lengths)
+        assert all(a[1] == b[0] for a, b in zip(groups, groups[1:], strict=False))
+        assert all(lengths[stop - 1] != lengths[stop] for _, stop in groups[:-1])  # equal lengths stay together
+    assert len(length_groups(lengths, 10**6)) == 1
+    assert len(length_groups(lengths, 0)) == len(set(lengths))
+
+
 # -- random tiny models of every family and head -------------------------------------------------------------
 
 
