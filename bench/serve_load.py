@@ -129,14 +129,14 @@ async def run_clients(port: int, texts: list[str], offline: np.ndarray, clients:
     }
 
 
-def mean_batch_size(port: int) -> float:
-    """Inputs per model batch over the server's life, from its /metrics."""
+def batch_totals(port: int) -> tuple[float, float]:
+    """(inputs, batches) run by the server so far, from its /metrics."""
     with socket.create_connection(("127.0.0.1", port)) as sock:
         sock.sendall(b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
         text = b"".join(iter(lambda: sock.recv(65536), b"")).decode()
     values = {line.split(" ")[0]: float(line.split(" ")[1]) for line in text.splitlines()
               if line.startswith(("berta_batch_size_sum", "berta_batch_size_count"))}
-    return round(values["berta_batch_size_sum"] / max(values["berta_batch_size_count"], 1), 2)
+    return values["berta_batch_size_sum"], values["berta_batch_size_count"]
 
 
 def main() -> None:
@@ -196,9 +196,12 @@ def main() -> None:
         sequential = asyncio.run(run_clients(port, texts, offline, 1, args.sequential_seconds, args.max_requests,
                                              0.0, 2))
         print(f"sequential: {sequential}", flush=True)
+        inputs_before, batches_before = batch_totals(port)
         concurrent = asyncio.run(run_clients(port, texts, offline, args.clients, args.seconds, args.max_requests,
                                              args.malformed, 3))
-        concurrent["mean_batch_size"] = mean_batch_size(port)
+        inputs_after, batches_after = batch_totals(port)  # the concurrent phase's batches only
+        batches = max(batches_after - batches_before, 1)
+        concurrent["mean_batch_size"] = round((inputs_after - inputs_before) / batches, 2)
         print(f"concurrent: {concurrent}", flush=True)
     finally:
         server.terminate()
@@ -215,7 +218,8 @@ def main() -> None:
     print(f"\nconcurrency x{args.clients}: {concurrent['texts_per_second']} texts/s = "
           f"{results['concurrent_vs_offline']}x offline ({offline_rate:.1f}), "
           f"{results['concurrent_vs_sequential']}x sequential ({sequential['texts_per_second']}); "
-          f"p50 {concurrent['p50_ms']} ms, p99 {concurrent['p99_ms']} ms; 5xx: {concurrent['server_errors']}; "
+          f"p50 {concurrent['p50_ms']} ms, p99 {concurrent['p99_ms']} ms; "
+          f"mean batch {concurrent['mean_batch_size']}; 5xx: {concurrent['server_errors']}; "
           f"answers differing from offline: {concurrent['mismatches']} (largest difference "
           f"{concurrent['largest_difference']:.1e}); statuses {concurrent['statuses']}")
     if args.output:

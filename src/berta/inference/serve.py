@@ -59,7 +59,8 @@ class ServeSettings(RuntimeOptions):
     max_batch_tokens: int = field(default=16384, metadata={"min": 1, "help": "most tokens in one model batch"})
     max_batch_size: int = field(default=64, metadata={"min": 1, "help": "most inputs in one model batch"})
     max_wait_ms: float = field(default=2.0, metadata={"min": 0,
-                                                      "help": "how long a batch waits for more requests (0: none)"})
+                                                      "help": "a batch takes requests while each comes within this "
+                                                              "of the last (at most 8x this in all; 0: no wait)"})
     max_client_batch_size: int = field(default=64, metadata={"min": 1, "help": "most inputs in one request (else 413)"})
     max_input_chars: int = field(default=20_000, metadata={"min": 1,
                                                            "help": "most characters per input (else 413)"})
@@ -179,12 +180,17 @@ class Job:
 class Batcher:
     """Packs the inputs of waiting jobs into model batches, on one inference thread.
 
+    A batch starts when a job is waiting; it takes more jobs while they keep coming (each within max_wait of
+    the last), up to max_batch_size inputs or GAPS * max_wait of waiting.
+
     `run(kind, inputs)` computes the results of one batch of inputs of one kind (it runs on the thread).
 
     Example:
         >>> batcher = Batcher(lambda kind, inputs: [len(x) for x in inputs], max_batch_size=8,
         ...                   max_batch_tokens=100, max_wait_ms=1, max_queue=16)  # doctest: +SKIP
     """
+
+    GAPS = 8
 
     def __init__(self, run: Callable[[tuple, list[Any]], list[Any]], max_batch_size: int, max_batch_tokens: int,
                  max_wait_ms: float, max_queue: int, metrics: Metrics | None = None):
@@ -195,6 +201,7 @@ class Batcher:
         self.metrics = metrics or Metrics()
         self._jobs: collections.deque[Job] = collections.deque()
         self._waiting = 0  # inputs queued and not yet in a batch
+        self._arrived = 0.0  # monotonic time of the last request queued
         self._condition = threading.Condition()
         self._stopping = False
         self._thread = threading.Thread(target=self._loop, name="berta-inference", daemon=True)
@@ -226,6 +233,7 @@ class Batcher:
                                        f"{self.max_queue}); retry later", "overloaded")
             self._jobs.append(job)
             self._waiting += len(inputs)
+            self._arrived = time.monotonic()
             self._condition.notify()
         return job
 
@@ -243,9 +251,12 @@ class Batcher:
                 if self._stopping:
                     return None
                 self._condition.wait()
-            # A short wait lets concurrent requests join this batch (`--max-wait-ms`).
-            deadline = time.monotonic() + self.max_wait
+            # A short wait lets concurrent requests join this batch (`--max-wait-ms`): the batch closes when no
+            # request has come for max_wait, or when it is full, and waits no more than GAPS * max_wait in all.
+            now = time.monotonic()
+            cap = now + self.GAPS * self.max_wait
             while self._waiting < self.max_batch_size and not self._stopping:
+                deadline = min(cap, max(now, self._arrived) + self.max_wait)
                 left = deadline - time.monotonic()
                 if left <= 0:
                     break
