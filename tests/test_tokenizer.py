@@ -227,12 +227,12 @@ def test_missing_and_broken_files_name_what_is_expected(tmp_path):
     with pytest.raises(ValueError, match=r"merge 1 \(a b\) makes or uses 'ab', which is not in vocab.json"):
         Tokenizer.from_pretrained(tmp_path)
     (tmp_path / "vocab.json").write_text('{"a": 0,', encoding="utf-8")
-    with pytest.raises(ValueError, match=r"vocab.json: invalid JSON at line 1"):
+    with pytest.raises(ValueError, match=r"vocab.json line 1: not valid JSON"):
         Tokenizer.from_pretrained(tmp_path)
     wordpiece = tmp_path / "wp"
     wordpiece.mkdir()
     (wordpiece / "vocab.txt").write_bytes(b"[PAD]\n[UNK]\n[CLS]\n[SEP]\n\xff\xfe\n[MASK]\n")
-    with pytest.raises(ValueError, match=r"vocab.txt:5: invalid UTF-8"):
+    with pytest.raises(ValueError, match=r"vocab.txt line 5: not valid utf-8 text"):
         Tokenizer.from_pretrained(wordpiece)
     saved = Tokenizer.from_pretrained("roberta").save(tmp_path / "saved")
     config = json.loads((saved / "tokenizer_config.json").read_text(encoding="utf-8"))

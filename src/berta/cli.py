@@ -300,7 +300,9 @@ def _summary(function: Callable[..., Any]) -> str:
 def read_config(path: Path, cls: type) -> dict[str, Any]:
     """Settings from a TOML or JSON file, converted through `cls`'s field types; unknown names are an error."""
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        from berta import io
+
+        text = "".join(line for _, line in io.lines(path))
     except OSError as error:
         raise ValueError(f"--config {path}: cannot read: {error.strerror or error}") from None
     try:

@@ -245,6 +245,17 @@ def atomic_write(target: str | Path, write: Callable[[Path], Any]) -> Path:
     return target
 
 
+def append_text(target: str | Path, text: str) -> None:
+    """Append UTF-8 `text` to `target` (created if missing) and flush it: a log that grows line by line.
+
+    Appending is not atomic; a crash can leave a last line cut short, which `read_jsonl` reports with its line
+    number. Whole files that must never be half-written go through `atomic_write`.
+    """
+    with open(target, "a", encoding="utf-8") as handle:
+        handle.write(text)
+        handle.flush()
+
+
 def atomic_write_bytes(target: str | Path, data: bytes) -> Path:
     """Write `data` to `target` atomically."""
     return atomic_write(target, lambda temporary: temporary.write_bytes(data))

@@ -30,6 +30,8 @@ import tokenizers
 from tokenizers import AddedToken, decoders, normalizers, pre_tokenizers, processors
 from tokenizers.models import BPE, Unigram, WordPiece
 
+from berta import io
+
 Family = Literal["bert", "roberta", "xlm-roberta"]
 FAMILIES: tuple[str, ...] = ("bert", "roberta", "xlm-roberta")
 PRESETS: tuple[str, ...] = ("roberta",)
@@ -568,16 +570,11 @@ def _unshift_offsets(encoding: tokenizers.Encoding) -> list[tuple[int, int]]:
 
 
 def _read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except UnicodeDecodeError as error:
-        raise ValueError(f"{path}: invalid UTF-8 at byte {error.start}") from error
-    except json.JSONDecodeError as error:
-        raise ValueError(f"{path}: invalid JSON at line {error.lineno}, column {error.colno}: {error.msg}") from error
+    return io.read_json(path)  # errors name the file, line and column (or the line and byte of bad UTF-8)
 
 
 def _write_json(path: Path, value: Any) -> None:
-    path.write_text(json.dumps(value, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    io.atomic_write_json(path, value)
 
 
 def _read_config(directory: Path) -> dict[str, Any]:
@@ -706,17 +703,12 @@ def _finish(backend: tokenizers.Tokenizer, family: str, config: dict[str, Any]) 
 
 
 def _read_lines(path: Path) -> list[str]:
-    try:
-        return path.read_text(encoding="utf-8").split("\n")
-    except UnicodeDecodeError as error:
-        line = path.read_bytes()[: error.start].count(b"\n") + 1
-        raise ValueError(f"{path}:{line}: invalid UTF-8 at byte {error.start}") from error
+    """The lines of a vocabulary file without their "\n" (a "\r" stays, as transformers keeps it)."""
+    return [text.removesuffix("\n") for _, text in io.lines(path)]
 
 
 def _from_wordpiece(path: Path, config: dict[str, Any]) -> Tokenizer:
     lines = _read_lines(path)
-    if lines and lines[-1] == "":
-        lines.pop()
     vocab: dict[str, int] = {}
     for index, token in enumerate(lines):
         vocab[token.rstrip("\r")] = index  # a repeated token keeps its last id, as transformers' load_vocab does

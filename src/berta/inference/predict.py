@@ -237,20 +237,20 @@ def _write_records(pipe: Pipeline, method: str, records: list[Record], settings:
 
 def _interleave(parts: list[Path], handle: TextIO) -> None:
     # Rank r predicted inputs r, r + W, r + 2W, ...: reading one line from each part in turn restores the order.
-    files = [open(part, encoding="utf-8") for part in parts]  # noqa: SIM115 - closed below
+    readers = [io.lines(part) for part in parts]
     try:
         while True:
             wrote = False
-            for file in files:
-                line = file.readline()
-                if line:
-                    handle.write(line)
+            for reader in readers:
+                line = next(reader, None)
+                if line is not None:
+                    handle.write(line[1])
                     wrote = True
             if not wrote:
                 return
     finally:
-        for file in files:
-            file.close()
+        for reader in readers:
+            reader.close()
 
 
 def predict(settings: PredictSettings) -> dict[str, Any]:
@@ -289,7 +289,7 @@ def predict(settings: PredictSettings) -> dict[str, Any]:
             dist.init_process_group("gloo")
         output = Path(settings.output)
         parts = [output.with_name(f".{output.name}.rank{r}-of-{world_size}") for r in range(world_size)]
-        _write_part(pipe, method, mine, settings, parts[rank], show)
+        io.atomic_write(parts[rank], lambda temporary: _write_part(pipe, method, mine, settings, temporary, show))
         dist.barrier()
         if rank == 0:
             io.atomic_write(output, lambda temporary: _merge(parts, temporary))

@@ -14,7 +14,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from berta.io import atomic_write_text, read_jsonl
+from berta.io import append_text, atomic_write_text, read_jsonl
 from berta.train.distributed import Distributed
 from berta.train.settings import TrainSettings
 
@@ -71,8 +71,7 @@ class MetricsLog:
         if record is None:
             return
         self.history.append(record)
-        with open(self.path, "a", encoding="utf-8") as handle:
-            handle.write(json.dumps(record) + "\n")
+        append_text(self.path, json.dumps(record) + "\n")
         if self.writer is not None:
             for key, value in record.items():
                 if key != "step" and isinstance(value, int | float):

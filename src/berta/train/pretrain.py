@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from berta import io
 from berta.checkpoints.hf import load
 from berta.config import PRESETS, EncoderConfig
 from berta.tasks import create
@@ -226,7 +227,6 @@ def _check_positions(config: EncoderConfig, block_size: int, source: str) -> Non
 
 def _tokenizer(settings: PretrainSettings) -> Any:
     """The model directory's tokenizer when it has one (the data is checked against it), else the data's."""
-    import json
 
     from berta.tokenizer import Tokenizer
 
@@ -236,7 +236,7 @@ def _tokenizer(settings: PretrainSettings) -> Any:
         return Tokenizer.from_pretrained(model_dir)
     manifest_path = Path(settings.data) / "manifest.json"
     try:
-        name = json.loads(manifest_path.read_text())["tokenizer"]["name"]
+        name = io.read_json(manifest_path)["tokenizer"]["name"]
     except FileNotFoundError:
         raise FileNotFoundError(f"{manifest_path}: not found; prepare the data with `berta prepare`") from None
     except (ValueError, KeyError) as error:
