@@ -401,6 +401,7 @@ class Server:
                                settings.max_queue, metrics)
         metrics.gauge("berta_queue_size", "inputs waiting for a batch", lambda: self.batcher.queue_size)
         self.in_flight = 0
+        self.json_routes: dict[str, Callable[..., Any]] = {}  # POST path -> handler(body, request)
         metrics.gauge("berta_requests_in_flight", "requests being answered", lambda: self.in_flight)
         self.app = self._build_app()
 
@@ -673,6 +674,8 @@ class Server:
             return JSONResponse({"error": message, "error_type": error_type}, status_code=status)
 
         def route(path: str, handler: Callable[..., Any], schema: dict[str, Any], summary: str) -> None:
+            self.json_routes[path] = handler  # answered by _Guard directly; the FastAPI route documents it
+
             async def endpoint(request) -> Any:  # noqa: ANN001 - annotated below for FastAPI
                 body = await _json_body(request)
                 # orjson writes float32 arrays directly, ten times faster than json with floats made Python's.
@@ -829,7 +832,10 @@ def _object(required: Sequence[str] = ("inputs",), **properties: Any) -> dict[st
 
 
 async def _json_body(request: Any) -> dict[str, Any]:
-    raw = await request.body()
+    return _parse_body(await request.body())
+
+
+def _parse_body(raw: bytes) -> dict[str, Any]:
     if not raw:
         raise ClientError(422, "the request has no body; send a JSON object")
     try:
@@ -884,6 +890,10 @@ class _Guard:
             if problem is not None:
                 await _reply(send_counted, 413, problem, "validation")
                 return
+            handler = server.json_routes.get(path) if scope["method"] == "POST" else None
+            if handler is not None:
+                await _answer(handler, body, receive, send_counted, path)
+                return
             await self.app(scope, _replay(body, receive), send_counted)
         finally:
             server.in_flight -= 1
@@ -895,6 +905,34 @@ class _Guard:
 
 _KNOWN_ROUTES = {"/embed", "/v1/embeddings", "/predict", "/tokenize", "/tag", "/answer", "/fill-mask", "/health",
                  "/info", "/metrics", "/docs", "/openapi.json", "/attention"}
+
+
+class _Connection:
+    """What a route handler reads of its request on the fast path: `receive`, for the client's disconnect."""
+
+    def __init__(self, receive: Callable):
+        self.receive = receive
+
+
+async def _answer(handler: Callable[..., Any], raw: bytes, receive: Callable, send: Callable, path: str) -> None:
+    """A JSON route's whole answer, without FastAPI's routing and middleware: a fifth of a request's time on
+    the event loop at high concurrency. Same handler, same errors as the FastAPI route it stands in for."""
+    import orjson
+
+    status = 200
+    try:
+        # orjson writes float32 arrays directly, ten times faster than json with floats made Python's.
+        content = orjson.dumps(await handler(_parse_body(raw), _Connection(receive)),
+                               option=orjson.OPT_SERIALIZE_NUMPY)
+    except ClientError as error:
+        status, content = error.status, orjson.dumps({"error": error.message, "error_type": error.error_type})
+    except Exception as error:
+        log.exception("unexpected error on %s", path)
+        status = 500
+        content = orjson.dumps({"error": f"internal error: {type(error).__name__}", "error_type": "backend"})
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(content)).encode())]})
+    await send({"type": "http.response.body", "body": content})
 
 
 def _authorised(scope: dict, key: str) -> bool:
