@@ -12,10 +12,10 @@ key mask. Outputs equal those of the padded computation (the padding rows of the
 never read by real tokens); padding rows of `last_hidden_state` are zero.
 
 Attention by length groups. One grid for the whole batch makes every row as long as the longest: a batch of
-natural texts does two to three times the attention work it needs. So the packed rows are ordered by sequence
-length, cut into groups of similar length (`length_groups`: the cut that minimises padded tokens plus a fixed
-cost per group), and each group attends in its own grid, as long as its longest row; the packed rows keep
-their order, one gather builds every group's grid and one scatter brings the outputs back. The
+natural texts does two to three times the attention work it needs. So the batch's rows are sorted by length
+and cut into groups of similar length (`length_groups`: the cut that minimises padded tokens plus a fixed cost
+per group), and each group attends in its own grid, as long as its longest row. The packed rows keep their
+order: one gather builds every group's grid and one scatter brings the outputs back. The
 keys of a query are the same set either way, so the outputs are those of the one-grid computation up to float
 rounding. Traced exports (ONNX) and `output_attentions=True` keep the one grid: a trace cannot hold a cut that
 depends on the data, and attention maps are asked for in the batch's (batch, seq) layout.
@@ -82,7 +82,7 @@ def save_checkpoint(model: nn.Module, path: str | Path) -> None:
 
 
 # The fixed cost of one more attention group (its scatter, kernel call and gather), in padded row-tokens: a
-# group is split off only when that saves more padding than this. Measured on CPU for MiniLM and base sizes.
+# group is split off only when that saves more padding than this. Chosen from MiniLM measurements on CPU.
 GROUP_COST_TOKENS = 96
 
 
@@ -163,6 +163,8 @@ class TokenLayout:
         lengths = mask.sum(dim=1)
         lengths_list = lengths.tolist()
         order = sorted((row for row in range(self.batch) if lengths_list[row]), key=lambda row: -lengths_list[row])
+        if not order:  # every row is padding: nothing attends
+            return
         sorted_lengths = [lengths_list[row] for row in order]
         row_start = lengths.cumsum(0) - lengths  # each row's first packed row (packed rows stay row-major)
         groups, gathers, row_cell = [], [], torch.zeros(self.batch, dtype=torch.long, device=device)
