@@ -2,6 +2,7 @@
 
     python bench/serve_load.py                      # MiniLM, 32 clients for 60 s, 10 % malformed requests
     python bench/serve_load.py --seconds 20 --clients 16
+    python bench/serve_load.py --workers 2          # two server processes, one model thread each
 
 1. offline: `berta.pipeline(model).embed(texts)` on the benchmark texts (texts/s), whose vectors are the
    reference every served answer is compared with;
@@ -150,6 +151,9 @@ def main() -> None:
     parser.add_argument("--texts", type=int, default=512, help="distinct benchmark texts")
     parser.add_argument("--max-batch-size", type=int, default=32)
     parser.add_argument("--max-wait-ms", type=float, default=2.0)
+    parser.add_argument("--workers", type=int, default=1, help="server processes (berta serve --workers)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="model threads per server process (default: berta serve's, cores / workers)")
     parser.add_argument("--output", type=Path, default=None, help="write the results as JSON here")
     args = parser.parse_args()
     model = args.model or minilm()
@@ -180,7 +184,8 @@ def main() -> None:
     server = subprocess.Popen(
         [sys.executable, "-m", "berta.cli", "serve", "--model", model, "--port", str(port), "--device", "cpu",
          "--max-batch-size", str(args.max_batch_size), "--max-wait-ms", str(args.max_wait_ms),
-         "--max-client-batch-size", "64", "--max-queue", "4096", "--log-level", "error"],
+         "--max-client-batch-size", "64", "--max-queue", "4096", "--log-level", "error",
+         "--workers", str(args.workers), *(["--threads", str(args.threads)] if args.threads else [])],
         env=environment, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 120
@@ -201,7 +206,9 @@ def main() -> None:
                                              args.malformed, 3))
         inputs_after, batches_after = batch_totals(port)  # the concurrent phase's batches only
         batches = max(batches_after - batches_before, 1)
-        concurrent["mean_batch_size"] = round((inputs_after - inputs_before) / batches, 2)
+        # With several workers each answers /metrics for itself, so the difference would mix processes.
+        mean_batch = round((inputs_after - inputs_before) / batches, 2)
+        concurrent["mean_batch_size"] = mean_batch if args.workers == 1 else None
         print(f"concurrent: {concurrent}", flush=True)
     finally:
         server.terminate()
@@ -209,13 +216,15 @@ def main() -> None:
     rates.append(offline_pass()[1])
     offline_rate = max(rates)
     results = {
-        "model": model, "offline_texts_per_second": round(offline_rate, 1),
+        "model": model, "workers": args.workers, "threads": args.threads,
+        "offline_texts_per_second": round(offline_rate, 1),
         "offline_passes": [round(r, 1) for r in rates], "sequential": sequential,
         "concurrent": concurrent,
         "concurrent_vs_offline": round(concurrent["texts_per_second"] / offline_rate, 2),
         "concurrent_vs_sequential": round(concurrent["texts_per_second"] / sequential["texts_per_second"], 2),
     }
-    print(f"\nconcurrency x{args.clients}: {concurrent['texts_per_second']} texts/s = "
+    print(f"\nserver: {args.workers} process(es); concurrency x{args.clients}: "
+          f"{concurrent['texts_per_second']} texts/s = "
           f"{results['concurrent_vs_offline']}x offline ({offline_rate:.1f}), "
           f"{results['concurrent_vs_sequential']}x sequential ({sequential['texts_per_second']}); "
           f"p50 {concurrent['p50_ms']} ms, p99 {concurrent['p99_ms']} ms; "

@@ -323,6 +323,41 @@ def test_sigterm_finishes_requests_in_flight(tmp_path):
         process.stdout.close()
 
 
+def test_workers_are_separate_processes_sharing_the_threads(tmp_path):
+    """`--workers 2` runs two processes on one port, each with its own model and, unless told, half the threads."""
+    directory = save_model(tmp_path / "model", Tokenizer.from_pretrained("roberta"), "encoder")
+    port = free_port()
+    environment = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "OMP_NUM_THREADS": "2"}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "berta.cli", "serve", "--model", str(directory), "--port", str(port), "--device",
+         "cpu", "--workers", "2", "--log-level", "warning"],
+        env=environment, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        pids, threads = set(), set()
+        while len(pids) < 2:
+            assert process.poll() is None and time.monotonic() < deadline, (pids, process.stdout.read())
+            try:  # a new connection each time, so the kernel hands it to either worker
+                with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
+                    info = client.get("/info").json()
+                    vectors = client.post("/embed", json={"inputs": ["one", "two"]}).json()
+            except httpx.TransportError:
+                time.sleep(0.2)
+                continue
+            pids.add(info["pid"])
+            threads.add(info["threads"])
+            assert len(vectors) == 2 and len(vectors[0]) == 64
+        assert process.pid not in pids and threads == {1}
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        process.stdout.close()
+
+
 def test_attention_form_and_page_from_the_real_viewer(tmp_path):
     from berta.viz.attention import attention_html
 

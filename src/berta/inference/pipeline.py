@@ -598,6 +598,15 @@ class RuntimeOptions:
         default="auto", metadata={"help": "onnx runs an exported graph (berta export onnx); auto: onnx for such a "
                                           "directory"}
     )
+    threads: int | None = field(
+        default=None, metadata={"min": 1, "help": "CPU threads for the model in each process (default: one per "
+                                                  "core, shared out among serve's --workers)"}
+    )
+
+    def apply_threads(self) -> None:
+        """Set this process's model threads (torch's intra-op pool, which the ONNX backend follows too)."""
+        if self.threads is not None:
+            torch.set_num_threads(self.threads)
 
 
 def task_methods() -> dict[str, tuple[str, ...]]:

@@ -267,6 +267,7 @@ def predict(settings: PredictSettings) -> dict[str, Any]:
         raise ValueError("--input - (stdin) cannot be read by several ranks; give a file")
     # Under torchrun "auto" and "cuda" mean this rank's GPU (LOCAL_RANK), which resolve_device picks.
     device = "auto" if world_size > 1 and settings.device == "cuda" else settings.device
+    settings.apply_threads()
     pipe = pipeline(settings.model, device=device, dtype=settings.dtype, batch_size=settings.batch_size,
                     backend=settings.backend, quantize=settings.quantize)
     method = settings.method or pipe.methods()[0].replace("_", "-")

@@ -388,6 +388,7 @@ class Server:
         if settings.api_key is None and os.environ.get(API_KEY_ENVIRONMENT):
             settings = dataclasses.replace(settings, api_key=os.environ[API_KEY_ENVIRONMENT])
         self.settings = settings
+        settings.apply_threads()
         self.pipe = pipeline(settings.model, device=settings.device, dtype=settings.dtype,
                              batch_size=settings.max_batch_size, backend=settings.backend, quantize=settings.quantize)
         self.metrics = Metrics()
@@ -636,7 +637,7 @@ class Server:
         return {
             "model_id": self.model_id, "model_path": str(settings.model), "task": pipe.task,
             "family": pipe.config.family, "dtype": pipe.dtype, "device": str(pipe.device),
-            "backend": settings.backend, "routes": self._routes_served(),
+            "backend": settings.backend, "threads": torch.get_num_threads(), "routes": self._routes_served(),
             "max_input_length": pipe.max_length, "max_batch_tokens": settings.max_batch_tokens,
             "max_batch_size": settings.max_batch_size, "max_wait_ms": settings.max_wait_ms,
             "max_client_batch_size": settings.max_client_batch_size, "max_input_chars": settings.max_input_chars,
@@ -1019,6 +1020,8 @@ def serve(settings: ServeSettings) -> None:
     common = {"host": settings.host, "port": settings.port, "log_level": settings.log_level,
               "timeout_graceful_shutdown": settings.request_timeout + 5}
     if settings.workers > 1:
+        if settings.threads is None:  # N processes with a thread per core each would fight over the cores
+            settings = dataclasses.replace(settings, threads=max(1, torch.get_num_threads() // settings.workers))
         # Each worker process imports the app factory and loads its own model; the settings go by environment.
         os.environ[SETTINGS_ENVIRONMENT] = json.dumps(dataclasses.asdict(settings))
         # A worker answers the supervisor's health check only once its model is loaded: give it the time.
