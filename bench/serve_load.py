@@ -7,7 +7,9 @@
 1. offline: `berta.pipeline(model).embed(texts)` on the benchmark texts (texts/s), whose vectors are the
    reference every served answer is compared with;
 2. sequential: one client, one text per request, for `--sequential-seconds`;
-3. concurrent: `--clients` keep-alive connections for `--seconds` (or `--max-requests`), each request one
+3. concurrent: `--clients` keep-alive connections for `--seconds` in all (or `--max-requests` per round), in
+   `--rounds` stretches that take turns with offline ones (the ratio is the median of each round against the
+   offline stretches either side: other tenants of a shared machine move every number); each request one
    text, a `--malformed` fraction of them broken (bad JSON, invalid UTF-8, wrong types, empty lists, too many
    inputs) — each must be answered 4xx, never 5xx, and every valid answer must equal the offline vector.
 
@@ -23,6 +25,7 @@ import json
 import os
 import random
 import socket
+import statistics
 import subprocess
 import sys
 import time
@@ -127,6 +130,28 @@ async def run_clients(port: int, texts: list[str], offline: np.ndarray, clients:
         "p99_ms": round(1000 * latencies[int(len(latencies) * 0.99)], 2) if latencies else None,
         "mismatches": mismatches, "largest_difference": worst,
         "server_errors": sum(count for status, count in statuses.items() if status >= 500),
+        "latencies": latencies,  # sorted, seconds; `combine` merges rounds with them
+    }
+
+
+def combine(rounds: list[dict]) -> dict:
+    """One summary of several concurrent rounds: totals, rates over their summed time, pooled latencies."""
+    latencies = sorted(value for result in rounds for value in result["latencies"])
+    seconds = sum(result["seconds"] for result in rounds)
+    statuses: dict[int, int] = {}
+    for result in rounds:
+        for status, count in result["statuses"].items():
+            statuses[status] = statuses.get(status, 0) + count
+    valid = sum(result["valid_texts"] for result in rounds)
+    return {
+        "clients": rounds[0]["clients"], "seconds": round(seconds, 2),
+        "requests": sum(result["requests"] for result in rounds), "statuses": statuses, "valid_texts": valid,
+        "texts_per_second": round(valid / seconds, 1),
+        "p50_ms": round(1000 * latencies[len(latencies) // 2], 2) if latencies else None,
+        "p99_ms": round(1000 * latencies[int(len(latencies) * 0.99)], 2) if latencies else None,
+        "mismatches": sum(result["mismatches"] for result in rounds),
+        "largest_difference": max(result["largest_difference"] for result in rounds),
+        "server_errors": sum(result["server_errors"] for result in rounds),
     }
 
 
@@ -151,6 +176,9 @@ def main() -> None:
     parser.add_argument("--texts", type=int, default=512, help="distinct benchmark texts")
     parser.add_argument("--max-batch-size", type=int, default=32)
     parser.add_argument("--max-wait-ms", type=float, default=2.0)
+    parser.add_argument("--offline-seconds", type=float, default=8.0,
+                        help="each offline stretch: passes for this long before, between and after the rounds")
+    parser.add_argument("--rounds", type=int, default=3, help="concurrent stretches, taking turns with offline ones")
     parser.add_argument("--workers", type=int, default=1, help="server processes (berta serve --workers)")
     parser.add_argument("--threads", type=int, default=None,
                         help="model threads per server process (default: berta serve's, cores / workers)")
@@ -174,10 +202,20 @@ def main() -> None:
               f"{torch.get_num_threads()} threads)", flush=True)
         return vectors, rate
 
-    # The offline figure is the best of passes before and after the load test: on a shared machine the load of
-    # other processes moves every number, and the best pass is the hardest one for the server to reach.
-    offline, first = offline_pass()
-    rates = [first, offline_pass()[1]]
+    # Other tenants of a shared machine move every number by tens of percent within a minute, so the offline
+    # and concurrent figures are measured in turns: --rounds stretches of offline passes (--offline-seconds
+    # each, texts over seconds) around --rounds concurrent stretches (--seconds in all), and each concurrent
+    # stretch is compared with the offline stretches on either side of it.
+    offline, _ = offline_pass()
+
+    def offline_stretch() -> float:
+        rates = []
+        until = time.perf_counter() + args.offline_seconds
+        while time.perf_counter() < until:
+            rates.append(offline_pass()[1])
+        return len(rates) / sum(1 / rate for rate in rates)  # every pass encodes the same texts
+
+    stretches = [offline_stretch()]
 
     port = free_port()
     environment = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
@@ -200,11 +238,17 @@ def main() -> None:
         asyncio.run(run_clients(port, texts, offline, 4, 3, 10_000, 0.0, 1))  # warm-up
         sequential = asyncio.run(run_clients(port, texts, offline, 1, args.sequential_seconds, args.max_requests,
                                              0.0, 2))
+        sequential.pop("latencies")
         print(f"sequential: {sequential}", flush=True)
         inputs_before, batches_before = batch_totals(port)
-        concurrent = asyncio.run(run_clients(port, texts, offline, args.clients, args.seconds, args.max_requests,
-                                             args.malformed, 3))
+        rounds = []
+        for number in range(args.rounds):
+            rounds.append(asyncio.run(run_clients(port, texts, offline, args.clients, args.seconds / args.rounds,
+                                                  args.max_requests, args.malformed, 3 + number)))
+            print(f"concurrent round {number + 1}: {rounds[-1]['texts_per_second']} texts/s", flush=True)
+            stretches.append(offline_stretch())
         inputs_after, batches_after = batch_totals(port)  # the concurrent phase's batches only
+        concurrent = combine(rounds)
         batches = max(batches_after - batches_before, 1)
         # With several workers each answers /metrics for itself, so the difference would mix processes.
         mean_batch = round((inputs_after - inputs_before) / batches, 2)
@@ -213,20 +257,22 @@ def main() -> None:
     finally:
         server.terminate()
         server.wait(timeout=60)
-    rates.append(offline_pass()[1])
-    offline_rate = max(rates)
+    ratios = sorted(result["texts_per_second"] / ((before + after) / 2)
+                    for result, before, after in zip(rounds, stretches, stretches[1:], strict=False))
+    ratio = statistics.median(ratios)
+    offline_rate = sum(stretches) / len(stretches)
     results = {
         "model": model, "workers": args.workers, "threads": args.threads,
-        "offline_texts_per_second": round(offline_rate, 1),
-        "offline_passes": [round(r, 1) for r in rates], "sequential": sequential,
-        "concurrent": concurrent,
-        "concurrent_vs_offline": round(concurrent["texts_per_second"] / offline_rate, 2),
+        "offline_texts_per_second": round(offline_rate, 1), "offline_stretches": [round(r, 1) for r in stretches],
+        "sequential": sequential, "concurrent": concurrent,
+        "concurrent_rounds": [result["texts_per_second"] for result in rounds],
+        "concurrent_vs_offline": round(ratio, 2), "concurrent_vs_offline_rounds": [round(r, 2) for r in ratios],
         "concurrent_vs_sequential": round(concurrent["texts_per_second"] / sequential["texts_per_second"], 2),
     }
     print(f"\nserver: {args.workers} process(es); concurrency x{args.clients}: "
-          f"{concurrent['texts_per_second']} texts/s = "
-          f"{results['concurrent_vs_offline']}x offline ({offline_rate:.1f}), "
-          f"{results['concurrent_vs_sequential']}x sequential ({sequential['texts_per_second']}); "
+          f"{concurrent['texts_per_second']} texts/s = {results['concurrent_vs_offline']}x offline (median of "
+          f"the rounds {results['concurrent_vs_offline_rounds']}; offline stretches {results['offline_stretches']} "
+          f"texts/s), {results['concurrent_vs_sequential']}x sequential ({sequential['texts_per_second']}); "
           f"p50 {concurrent['p50_ms']} ms, p99 {concurrent['p99_ms']} ms; "
           f"mean batch {concurrent['mean_batch_size']}; 5xx: {concurrent['server_errors']}; "
           f"answers differing from offline: {concurrent['mismatches']} (largest difference "
