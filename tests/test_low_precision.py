@@ -83,8 +83,16 @@ def test_int8_rows_do_not_depend_on_their_batch(batch: dict[str, torch.Tensor]) 
     torch.testing.assert_close(alone, together, atol=1e-4, rtol=1e-4)
 
 
-def test_int8_linear_is_exact_integer_arithmetic() -> None:
-    """The int8 kernel against the same quantization computed in float64 (integer products are exact there)."""
+@pytest.mark.parametrize("kernel", ["onednn", "int_mm"])
+def test_int8_linear_is_exact_integer_arithmetic(kernel: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Both int8 kernels (oneDNN's packed matmul on CPU, `torch._int_mm` for exports and other devices) against
+    the same quantization computed in float64 (integer products are exact there)."""
+    import berta.inference.quantize as quantize_module
+
+    if kernel == "onednn":
+        assert quantize_module._ONEDNN, "this x86 PyTorch build has oneDNN's int8 matmul"
+    else:
+        monkeypatch.setattr(quantize_module, "_ONEDNN", False)
     torch.manual_seed(0)
     linear = nn.Linear(96, 40)
     x = torch.randn(2, 7, 96) * torch.linspace(0.1, 10, 96)  # features of very different magnitudes
