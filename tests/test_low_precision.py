@@ -15,7 +15,7 @@ from torch import nn
 
 import berta
 from berta.demo import rotten_tomatoes
-from berta.inference.quantize import Int8Linear, quantize, resolve_dtype
+from berta.inference.quantize import Int8Linear, PackedLinear, quantize, resolve_dtype
 
 SNIPPETS = 48  # Rotten Tomatoes critic snippets, file order: natural lengths (5-60 tokens)
 
@@ -160,3 +160,34 @@ def test_pipeline_takes_quantize_and_a_quantized_model_refuses_to_save(tmp_path)
     assert cosine.min() >= 0.98 and cosine.mean() >= 0.99
     with pytest.raises(ValueError, match="int8-quantized model is a runtime form"):
         berta.load(minilm_directory(), quantize="int8").save(tmp_path / "q")
+
+
+def test_bfloat16_load_packs_the_encoder_projections_and_changes_nothing_else(
+    batch: dict[str, torch.Tensor], tmp_path
+) -> None:
+    """`berta.load(dtype="bfloat16")` runs the encoder layers' Linear layers on weights packed for oneDNN: the same
+    outputs as plain bfloat16 `F.linear`, the same state dict, trainable, and it sees in-place weight updates."""
+    packed = berta.load(minilm_directory(), dtype="bfloat16")
+    plain = berta.load(minilm_directory()).to(torch.bfloat16)
+    assert isinstance(packed.layers[0].feed_forward.intermediate, PackedLinear)
+    assert type(plain.layers[0].feed_forward.intermediate) is nn.Linear
+    assert packed.state_dict().keys() == plain.state_dict().keys()
+    with torch.inference_mode():
+        ours = packed(batch["input_ids"], batch["attention_mask"]).last_hidden_state
+        theirs = plain(batch["input_ids"], batch["attention_mask"]).last_hidden_state
+    assert packed.layers[0].attention.qkv._packed is not None  # the packed kernel ran
+    assert (ours.float() - theirs.float()).abs().max() < 0.05  # bf16 rounding of a sum, at most
+    assert F.cosine_similarity(ours.float().flatten(1), theirs.float().flatten(1)).min() > 0.9999
+
+    # An in-place update (what load_state_dict and optimizers do) is seen by the next inference call.
+    linear = packed.layers[0].attention.output
+    x = torch.randn(7, linear.in_features, dtype=torch.bfloat16)
+    with torch.no_grad():
+        linear.weight.mul_(2)
+    with torch.inference_mode():
+        assert torch.equal(linear(x), F.linear(x, linear.weight, linear.bias))
+
+    # With autograd it is F.linear: gradients reach the shared parameters.
+    loss = linear(x).float().square().mean()
+    loss.backward()
+    assert linear.weight.grad is not None and linear.weight.grad.abs().sum() > 0

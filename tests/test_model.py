@@ -182,6 +182,36 @@ def test_length_groups_cover_every_row_once():
     assert len(length_groups(lengths, 0)) == len(set(lengths))
 
 
+
+def test_padded_row_counts_change_no_output():
+    """The rows added so oneDNN meets fewer shapes (bf16 / int8 on CPU) change no output: the same lengths as the
+    grouped test, in float32 with the row padding forced on and off, the MLM head at masked positions too."""
+    from berta.model import TokenLayout, padded_row_count
+
+    torch.manual_seed(0)
+    model = berta.create(berta.EncoderConfig.preset("tiny"), "masked-lm").eval()
+    lengths = [3, 40, 38, 7, 21, 22, 40, 1, 0, 12]
+    input_ids = torch.randint(5, 100, (len(lengths), 40))
+    attention_mask = (torch.arange(40)[None, :] < torch.tensor(lengths)[:, None]).long()
+    masked = attention_mask.bool() & (torch.rand(input_ids.shape) < 0.3)
+    layout = TokenLayout(attention_mask, packed=True, grouped=True, pad_rows=True)
+    assert layout.tokens == sum(lengths) and layout.rows == padded_row_count(sum(lengths)) > layout.tokens
+    assert not model.encoder._shaped_kernels()  # float32 on CPU: MKL, no padding
+    with torch.inference_mode():
+        plain = model(input_ids, attention_mask), model(input_ids, attention_mask, masked_positions=masked)
+        model.encoder._shaped_kernels = lambda: True
+        padded = model(input_ids, attention_mask), model(input_ids, attention_mask, masked_positions=masked)
+    assert (plain[0].logits - padded[0].logits).abs().max() < TOLERANCE
+    assert padded[1].logits.shape == (int(masked.sum()), model.config.vocab_size)
+    assert (plain[1].logits - padded[1].logits).abs().max() < TOLERANCE
+
+
+@pytest.mark.parametrize(("dtype", "quantize", "expected"), [
+    (None, None, False), ("bfloat16", None, True), (None, "int8", True), ("bfloat16", "int8", True)])
+def test_row_padding_follows_the_kernels(tmp_path, dtype, quantize, expected):
+    berta.create(berta.EncoderConfig.preset("tiny"), "encoder").save(tmp_path)
+    assert berta.load(tmp_path, dtype=dtype, quantize=quantize)._shaped_kernels() is expected
+
 # -- random tiny models of every family and head -------------------------------------------------------------
 
 

@@ -28,6 +28,7 @@ left-padded batches, because numbering starts at each row's first real token.
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -84,6 +85,20 @@ def save_checkpoint(model: nn.Module, path: str | Path) -> None:
 # The fixed cost of one more attention group (its scatter, kernel call and gather), in padded row-tokens: a
 # group is split off only when that saves more padding than this. Chosen from MiniLM measurements on CPU.
 GROUP_COST_TOKENS = 96
+# Packed row counts are rounded up to one of this many steps per power of two when the projections run on
+# kernels built per shape (see `TokenLayout`): at most 1/16 more rows, and 16 distinct counts per octave.
+ROW_STEPS_PER_OCTAVE = 16
+
+
+def padded_row_count(rows: int) -> int:
+    """`rows` rounded up to the next multiple of its power of two / ROW_STEPS_PER_OCTAVE (a step of at least 16).
+
+    Example:
+        >>> [padded_row_count(n) for n in (1, 16, 17, 100, 1000, 1024, 1025)]
+        [16, 16, 32, 112, 1024, 1024, 1088]
+    """
+    step = max(16, (1 << max(rows.bit_length() - 1, 0)) // ROW_STEPS_PER_OCTAVE)
+    return -(-rows // step) * step
 
 
 @dataclass
@@ -140,21 +155,33 @@ def length_groups(lengths: list[int], cost: int = GROUP_COST_TOKENS) -> list[tup
 class TokenLayout:
     """Where the rows of a flat (rows, hidden) tensor sit in the (batch, seq) grid.
 
-    Padded mode: rows == batch * seq. Packed mode: rows == number of real tokens, `index` holds their flat
-    positions in the grid, in row-major order; with `grouped`, `groups` says how they attend (see the module
-    docstring).
+    Padded mode: rows == batch * seq. Packed mode: the first `tokens` rows are the real tokens, `index` holds
+    their flat positions in the grid, in row-major order; with `grouped`, `groups` says how they attend (see the
+    module docstring).
+
+    `pad_rows` (grouped packed mode only) appends `extra_rows` rows whose inputs are zeros, so that `rows` is
+    `padded_row_count(tokens)`. oneDNN builds its bfloat16 and int8 matmul kernels for each row count it meets
+    (a few milliseconds each, longer than the product itself here) and caches them by shape; natural batches
+    have a new token count nearly every time, so without this every batch pays for new kernels. The extra rows
+    are computed like any other and dropped at the end; no real token attends to them.
     """
 
-    def __init__(self, attention_mask: Tensor, packed: bool, grouped: bool = False):
+    def __init__(self, attention_mask: Tensor, packed: bool, grouped: bool = False, pad_rows: bool = False):
         self.batch, self.seq = attention_mask.shape
         self.mask = attention_mask.bool()  # (batch, seq)
         has_padding = not bool(self.mask.all())
         self.index: Tensor | None = None
         self.groups: AttentionGroups | None = None
+        self.tokens = self.batch * self.seq
+        self.extra_rows = 0
         if packed and has_padding:
             self.index = self.mask.flatten().nonzero().squeeze(1)
+            self.tokens = self.index.numel()
             if grouped and self.batch > 1:
+                if pad_rows and self.tokens:
+                    self.extra_rows = padded_row_count(self.tokens) - self.tokens
                 self._group()
+        self.rows = self.tokens + self.extra_rows
         # SDPA key mask, broadcast over heads and queries; None when nothing is padded (fastest kernel).
         self.key_mask = self.mask[:, None, None, :] if has_padding else None
 
@@ -183,20 +210,28 @@ class TokenLayout:
             offset += count * width
         gather = torch.cat(gathers) if len(gathers) > 1 else gathers[0]
         scatter = None
-        if offset != self.index.numel() or len(groups) > 1:
+        if offset != self.tokens or len(groups) > 1 or self.extra_rows:
             token_row = self.index // self.seq
             rank = (mask.cumsum(dim=1) - 1).flatten()[self.index]  # each token's place among its row's tokens
             scatter = row_cell[token_row] + rank
+            if self.extra_rows:  # the extra rows read cell 0: any cell will do, nothing reads them back
+                scatter = torch.cat([scatter, scatter.new_zeros(self.extra_rows)])
         self.groups = AttentionGroups(groups, gather, scatter)
 
     def select(self, grid: Tensor) -> Tensor:
-        """(batch, seq, ...) -> (rows, ...)."""
+        """(batch, seq, ...) -> (rows, ...); the extra rows are zeros (id 0, position 0, False)."""
         flat = grid.reshape(self.batch * self.seq, *grid.shape[2:])
-        return flat if self.index is None else flat.index_select(0, self.index)
+        if self.index is None:
+            return flat
+        rows = flat.index_select(0, self.index)
+        if self.extra_rows:
+            rows = torch.cat([rows, rows.new_zeros(self.extra_rows, *rows.shape[1:])])
+        return rows
 
     def to_grid(self, rows: Tensor) -> Tensor:
         """(rows, ...) -> (batch, seq, ...), zeros where no row lands."""
         if self.index is not None:
+            rows = rows[: self.tokens]
             full = rows.new_zeros(self.batch * self.seq, *rows.shape[1:])
             rows = full.index_copy_(0, self.index, rows)  # in place: the out-of-place form copies `full` first
         return rows.view(self.batch, self.seq, *rows.shape[1:])
@@ -376,6 +411,16 @@ class Encoder(nn.Module):
                     "RoBERTa and XLM-R take no segment ids"
                 )
 
+    def _shaped_kernels(self) -> bool:
+        """Whether the projections run on kernels built per input shape: bfloat16, float16 or int8 on CPU (oneDNN;
+        see `TokenLayout`). float32 on CPU runs MKL's, which are not."""
+        if not self.layers:
+            return False
+        qkv = self.layers[0].attention.qkv
+        # nn.Linear: its weight; Int8Linear: its int8 weight buffer; other replacements may hold no tensor.
+        weight = next(itertools.chain(qkv.parameters(), qkv.buffers()), None)
+        return weight is not None and weight.device.type == "cpu" and weight.dtype is not torch.float32
+
     def encode_rows(
         self,
         input_ids: Tensor,
@@ -401,7 +446,8 @@ class Encoder(nn.Module):
                 f"(at most {config.max_length} tokens per sequence); truncate the input"
             )
         tracing = torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()
-        layout = TokenLayout(attention_mask, packed=self.padding_free, grouped=not (tracing or output_attentions))
+        grouped = not (tracing or output_attentions)
+        layout = TokenLayout(attention_mask, self.padding_free, grouped, pad_rows=grouped and self._shaped_kernels())
         hidden = self.embeddings(
             layout.select(input_ids),
             layout.select(position_ids),

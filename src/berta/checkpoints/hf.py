@@ -260,9 +260,11 @@ def load(
 
         quantize_model(model, quantize)  # from the float32 weights, before any cast
     if dtype is not None or device is not None:
-        from berta.inference.quantize import resolve_dtype
+        from berta.inference.quantize import pack_bfloat16, resolve_dtype
 
         model.to(device=device, dtype=resolve_dtype(dtype))
+        if resolve_dtype(dtype) is torch.bfloat16:
+            pack_bfloat16(model)  # oneDNN's matmul on packed weights for CPU inference
     return model
 
 
