@@ -288,20 +288,22 @@ def interleaved_speeds(
     repeats: int,
     log: Callable[[str], None],
     label: str,
+    block: int = 1,
 ) -> dict[str, list[float]]:
-    """Real tokens per second of each engine, one value per repeat; engines take turns batch by batch."""
+    """Real tokens per second of each engine, one value per repeat; engines take turns `block` batches at a time."""
     names = list(engines)
     speeds: dict[str, list[float]] = {name: [] for name in names}
     for repeat in range(repeats):
         seconds = dict.fromkeys(names, 0.0)
-        for index in range(len(workload.batches)):
+        for turn, first in enumerate(range(0, len(workload.batches), block)):
             # First place rotates, so a burst of load on this shared machine hits every engine alike.
-            shift = (repeat + index) % len(names)
+            shift = (repeat + turn) % len(names)
             for name in names[shift:] + names[:shift]:
-                inputs = prepared[name][index]
-                start = time.perf_counter()
-                engines[name][1](inputs)
-                seconds[name] += time.perf_counter() - start
+                for index in range(first, min(first + block, len(workload.batches))):
+                    inputs = prepared[name][index]
+                    start = time.perf_counter()
+                    engines[name][1](inputs)
+                    seconds[name] += time.perf_counter() - start
         for name in names:
             speeds[name].append(workload.real_tokens / seconds[name])
         line = ", ".join(f"{name} {workload.real_tokens / seconds[name]:.0f}" for name in names)

@@ -227,6 +227,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--engines", nargs="+", choices=list(ENGINES), default=list(ENGINES),
                         help=f"engines to run ({', '.join(REQUIRED)} always run)")
     parser.add_argument("--demo", type=Path, help="output directory of `python -m berta.demo`: adds test accuracy")
+    parser.add_argument("--block", type=int, default=1, help="batches each engine runs per turn (default 1)")
     parser.add_argument("--warm", action="store_true",
                         help="time the snippets of the cosine pass again, instead of new snippets each repeat")
     args = parser.parse_args(argv)
@@ -270,7 +271,8 @@ def main(argv: list[str] | None = None) -> int:
             # One repeat per call; `repeat` shifts the engine that goes first, as the harness does within a call.
             names_now = names[repeat % len(names):] + names[: repeat % len(names)]
             speeds = interleaved_speeds({name: running[name] for name in names_now}, inputs, each, 1, log,
-                                        f"minilm repeat {repeat + 1}/{repeats}")
+                                        f"minilm, snippets {(repeat + 1) * count}-{(repeat + 2) * count - 1},",
+                                        block=args.block)
             for name, values in speeds.items():
                 rows[name].tokens_per_second.extend(values)
         if args.demo:
