@@ -20,6 +20,11 @@ keys of a query are the same set either way, so the outputs are those of the one
 rounding. Traced exports (ONNX) and `output_attentions=True` keep the one grid: a trace cannot hold a cut that
 depends on the data, and attention maps are asked for in the batch's (batch, seq) layout.
 
+Row counts for oneDNN. In bfloat16 or int8 on CPU the projections run on oneDNN kernels built for each input shape
+(several milliseconds each, then cached), and packed rows give nearly every natural batch a row count of its own. So
+there the grouped path rounds the row count up to one of 16 steps per power of two (`padded_row_count`, at most 1/16
+more rows), adding rows that no real token reads: kernels are built once per step instead of once per batch.
+
 Positions follow one rule for every family: real tokens are numbered consecutively from `position_offset`,
 padding gets `position_offset - 1` (clamped at 0). With offset 2 this is fairseq's `make_positions` (RoBERTa,
 XLM-R: positions start at 2, pads keep 1); with offset 0 it is BERT's 0, 1, 2, ... — and both stay right for
