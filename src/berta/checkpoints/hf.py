@@ -210,8 +210,8 @@ def load(
     (a name in `berta.tasks.TASKS`). A head the checkpoint does not hold is an error naming the checkpoint's
     architecture, unless `new_head="init"` (what fine-tuning and pretraining do): then it is initialised and
     reported. `id2label` sets the labels of a new classification or token-classification head. `dtype` ("bfloat16",
-    torch.bfloat16, ...) casts the model; `quantize="int8"` runs its encoder layers in int8
-    (`berta.inference.quantize`).
+    torch.bfloat16, ...) casts the model (bfloat16 also puts `PackedLinear`s, weights packed for oneDNN, in the
+    encoder layers); `quantize="int8"` runs its encoder layers in int8 (`berta.inference.quantize`).
 
     Example:
         >>> import tempfile
