@@ -518,6 +518,8 @@ def test_too_long_sequence_and_bad_token_types_are_clear_errors(saved_encoder):
         model(torch.full((1, 5), 500))
     with pytest.raises(ValueError, match="attention_mask shape"):
         model(torch.full((1, 5), 5), torch.ones(1, 4))
+    with pytest.raises(ValueError, match=r"input_ids has shape \(2, 0\): rows without a single token position"):
+        model(torch.ones(2, 0, dtype=torch.long))
 
 
 def test_missing_directory_and_config_are_clear_errors(tmp_path):

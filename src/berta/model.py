@@ -393,6 +393,11 @@ class Encoder(nn.Module):
         config = self.config
         if input_ids.dim() != 2:
             raise ValueError(f"input_ids must be (batch, seq), got shape {tuple(input_ids.shape)}")
+        if input_ids.shape[1] == 0 and input_ids.shape[0]:
+            raise ValueError(
+                f"input_ids has shape {tuple(input_ids.shape)}: rows without a single token position; "
+                "the tokenizer's encodings hold at least the special tokens"
+            )
         if attention_mask.shape != input_ids.shape:
             raise ValueError(
                 f"attention_mask shape {tuple(attention_mask.shape)} differs from input_ids {tuple(input_ids.shape)}"
