@@ -388,3 +388,20 @@ def test_a_request_past_its_timeout_is_answered_and_dropped():
         assert running.client.get("/health").status_code == 200
     finally:
         running.close()
+
+
+def test_warm_up_builds_the_bf16_and_int8_kernels_before_serving(caplog):
+    """bf16 and int8 on CPU build a kernel per row count; the server builds them all before it serves
+    (`--warm-up`, on by default), and skips it for float32 or when asked."""
+    from berta.model import padded_row_counts
+
+    model = str(minilm_directory())
+    with caplog.at_level("INFO", logger="berta.inference.serve"):
+        bf16 = Server(ServeSettings(model=model, device="cpu", dtype="bfloat16", max_batch_tokens=300))
+    assert bf16.warmed_row_counts == len(padded_row_counts(300)) == 19
+    assert "built the kernels for 19 row counts" in caplog.text
+    int8 = Server(ServeSettings(model=model, device="cpu", quantize="int8", max_batch_tokens=100_000))
+    assert int8.warmed_row_counts == len(padded_row_counts(4096))  # capped: larger batches dwarf a kernel's cost
+    assert Server(ServeSettings(model=model, device="cpu")).warmed_row_counts == 0
+    skipped = Server(ServeSettings(model=model, device="cpu", dtype="bfloat16", warm_up=False))
+    assert skipped.warmed_row_counts == 0

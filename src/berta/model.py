@@ -106,6 +106,19 @@ def padded_row_count(rows: int) -> int:
     return -(-rows // step) * step
 
 
+def padded_row_counts(most: int) -> list[int]:
+    """Every row count `padded_row_count` gives for 1..most.
+
+    Example:
+        >>> padded_row_counts(300)
+        [16, 32, 48, 64, 80, 96, 112, 128, 144, 160, 176, 192, 208, 224, 240, 256, 272, 288, 304]
+    """
+    counts = [padded_row_count(1)]
+    while counts[-1] < most:
+        counts.append(padded_row_count(counts[-1] + 1))
+    return counts
+
+
 @dataclass
 class AttentionGroup:
     """Rows of similar length that attend in one (rows, length) grid; see the module docstring."""

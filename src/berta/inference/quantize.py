@@ -225,3 +225,33 @@ def pack_bfloat16(model: nn.Module) -> nn.Module:
             if type(child) is nn.Linear:
                 setattr(module, name, PackedLinear.from_linear(child))
     return model
+
+
+def warm_up(model: nn.Module, most_rows: int) -> int:
+    """Build oneDNN's kernels for every row count the encoder layers' projections can meet up to `most_rows`
+    (`berta.model.padded_row_counts`), so the first batch of each size does not wait for them; returns how many
+    row counts it ran, 0 where the projections do not run on kernels built per shape (float32, or not on CPU).
+
+    The layers share their shapes, so the first layer's four projections are run, on zeros, once per row count:
+    in bfloat16 on MiniLM about 2 s for `berta serve`'s default 16,384 tokens.
+
+    Example:
+        >>> import berta
+        >>> warm_up(berta.create(berta.EncoderConfig.preset("tiny")).to(torch.bfloat16), 100)
+        7
+    """
+    from berta.model import padded_row_counts
+
+    encoder = _encoder(model)
+    if not encoder._shaped_kernels():
+        return 0
+    layer = encoder.layers[0]
+    projections = (layer.attention.qkv, layer.attention.output, layer.feed_forward.intermediate,
+                   layer.feed_forward.output)
+    weight = encoder.embeddings.words.weight  # the dtype and device of the activations
+    counts = padded_row_counts(most_rows)
+    with torch.inference_mode():
+        for rows in counts:
+            for projection in projections:
+                projection(torch.zeros(rows, projection.in_features, dtype=weight.dtype, device=weight.device))
+    return len(counts)

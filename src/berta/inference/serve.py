@@ -42,6 +42,9 @@ from berta.inference.pipeline import RuntimeOptions
 
 log = logging.getLogger(__name__)
 
+# `--warm-up` stops here: above it a batch's own compute dwarfs the few ms a new kernel costs.
+WARM_UP_ROWS = 4096
+
 SETTINGS_ENVIRONMENT = "BERTA_SERVE_SETTINGS"  # how `--workers N` hands the settings to each worker process
 API_KEY_ENVIRONMENT = "BERTA_API_KEY"
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
@@ -74,6 +77,9 @@ class ServeSettings(RuntimeOptions):
                                                                  "does not show"})
     workers: int = field(default=1, metadata={"min": 1,
                                               "help": "server processes on the port, each with its own model"})
+    warm_up: bool = field(default=True, metadata={"help": "before serving, build the CPU kernels bfloat16 and int8 "
+                                                          "build per batch shape, for every row count up to "
+                                                          "--max-batch-tokens (at most 4096): a few seconds"})
     log_level: str = field(default="info", metadata={"help": "uvicorn log level",
                                                      "choices": ["critical", "error", "warning", "info", "debug"]})
 
@@ -391,6 +397,15 @@ class Server:
         settings.apply_threads()
         self.pipe = pipeline(settings.model, device=settings.device, dtype=settings.dtype,
                              batch_size=settings.max_batch_size, backend=settings.backend, quantize=settings.quantize)
+        self.warmed_row_counts = 0
+        if settings.warm_up and isinstance(self.pipe.model, torch.nn.Module):
+            from berta.inference.quantize import warm_up
+
+            start = time.perf_counter()
+            self.warmed_row_counts = warm_up(self.pipe.model, min(settings.max_batch_tokens, WARM_UP_ROWS))
+            if self.warmed_row_counts:
+                log.info("built the kernels for %d row counts in %.1f s", self.warmed_row_counts,
+                         time.perf_counter() - start)
         self.metrics = Metrics()
         metrics = self.metrics
         metrics.describe("berta_requests_total", "counter", "HTTP requests by route and status")
