@@ -77,8 +77,8 @@ class ServeSettings(RuntimeOptions):
                                                                  "does not show"})
     workers: int = field(default=1, metadata={"min": 1,
                                               "help": "server processes on the port, each with its own model"})
-    warm_up: bool = field(default=True, metadata={"help": "before serving, build the CPU kernels bfloat16 and int8 "
-                                                          "build per batch shape, for every row count up to "
+    warm_up: bool = field(default=True, metadata={"help": "bfloat16 or int8 on CPU: before serving, build oneDNN's "
+                                                          "per-shape kernels for every batch row count up to "
                                                           "--max-batch-tokens (at most 4096): a few seconds"})
     log_level: str = field(default="info", metadata={"help": "uvicorn log level",
                                                      "choices": ["critical", "error", "warning", "info", "debug"]})
