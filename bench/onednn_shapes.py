@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     ]
 
     def unrounded(model: torch.nn.Module) -> torch.nn.Module:
-        model._shaped_kernels = lambda: False  # the row counts as they come
+        model.per_shape_kernels = lambda: False  # the row counts as they come
         return model
 
     models = {

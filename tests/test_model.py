@@ -196,10 +196,10 @@ def test_padded_row_counts_change_no_output():
     masked = attention_mask.bool() & (torch.rand(input_ids.shape) < 0.3)
     layout = TokenLayout(attention_mask, packed=True, grouped=True, pad_rows=True)
     assert layout.tokens == sum(lengths) and layout.rows == padded_row_count(sum(lengths)) > layout.tokens
-    assert not model.encoder._shaped_kernels()  # float32 on CPU: MKL, no padding
+    assert not model.encoder.per_shape_kernels()  # float32 on CPU: MKL, no padding
     with torch.inference_mode():
         plain = model(input_ids, attention_mask), model(input_ids, attention_mask, masked_positions=masked)
-        model.encoder._shaped_kernels = lambda: True
+        model.encoder.per_shape_kernels = lambda: True
         padded = model(input_ids, attention_mask), model(input_ids, attention_mask, masked_positions=masked)
     assert (plain[0].logits - padded[0].logits).abs().max() < TOLERANCE
     assert padded[1].logits.shape == (int(masked.sum()), model.config.vocab_size)
@@ -210,7 +210,7 @@ def test_padded_row_counts_change_no_output():
     (None, None, False), ("bfloat16", None, True), (None, "int8", True), ("bfloat16", "int8", True)])
 def test_row_padding_follows_the_kernels(tmp_path, dtype, quantize, expected):
     berta.create(berta.EncoderConfig.preset("tiny"), "encoder").save(tmp_path)
-    assert berta.load(tmp_path, dtype=dtype, quantize=quantize)._shaped_kernels() is expected
+    assert berta.load(tmp_path, dtype=dtype, quantize=quantize).per_shape_kernels() is expected
 
 # -- random tiny models of every family and head -------------------------------------------------------------
 

@@ -434,7 +434,7 @@ class Encoder(nn.Module):
                     "RoBERTa and XLM-R take no segment ids"
                 )
 
-    def _shaped_kernels(self) -> bool:
+    def per_shape_kernels(self) -> bool:
         """Whether the projections run on kernels built per input shape: bfloat16, float16 or int8 on CPU (oneDNN;
         see `TokenLayout`). float32 on CPU runs MKL's, which are not."""
         if not self.layers:
@@ -470,7 +470,7 @@ class Encoder(nn.Module):
             )
         tracing = torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()
         grouped = not (tracing or output_attentions)
-        layout = TokenLayout(attention_mask, self.padding_free, grouped, pad_rows=grouped and self._shaped_kernels())
+        layout = TokenLayout(attention_mask, self.padding_free, grouped, pad_rows=grouped and self.per_shape_kernels())
         hidden = self.embeddings(
             layout.select(input_ids),
             layout.select(position_ids),
