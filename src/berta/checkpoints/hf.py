@@ -262,8 +262,9 @@ def load(
     if dtype is not None or device is not None:
         from berta.inference.quantize import pack_bfloat16, resolve_dtype
 
-        model.to(device=device, dtype=resolve_dtype(dtype))
-        if resolve_dtype(dtype) is torch.bfloat16:
+        torch_dtype = resolve_dtype(dtype)
+        model.to(device=device, dtype=torch_dtype)
+        if torch_dtype is torch.bfloat16:
             pack_bfloat16(model)  # oneDNN's matmul on packed weights for CPU inference
     return model
 

@@ -1048,8 +1048,6 @@ def serve(settings: ServeSettings) -> None:
         uvicorn.run("berta.inference.serve:create_app", factory=True, workers=settings.workers,
                     timeout_worker_healthcheck=300, **common)
         return
-    import sys as _sys
-    _sys.setswitchinterval(float(os.environ.get("BERTA_SWITCH", "0.005")))
     server = Server(settings)
     print(f"berta serve: {settings.model} ({server.pipe.task}, {server.pipe.dtype} on {server.pipe.device}) at "
           f"http://{settings.host}:{settings.port}", flush=True)
